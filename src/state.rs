@@ -1,0 +1,139 @@
+//! The store's in-memory state: the index and the per-segment accounting, and the one function
+//! that applies a logged operation to them, shared by the write path and by recovery so that both
+//! always agree.
+
+use crate::format::{Op, KIND_DELETE, KIND_EXPIRE, KIND_PUT};
+use crate::index::{Entry, Index, TOMBSTONE};
+use crate::segment::{put_cost, SegmentInfo};
+use std::collections::BTreeMap;
+
+/// Everything readers look at, behind the store's `RwLock`.
+#[derive(Debug, Default)]
+pub struct State {
+    /// Key → current value.
+    pub index: Index,
+    /// Segment id → segment and its accounting.
+    pub segments: BTreeMap<u32, SegmentInfo>,
+}
+
+/// What applying an operation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The op changed the key; `old` is what it replaced (live entries only).
+    Changed {
+        /// The previous live entry.
+        old: Option<Entry>,
+    },
+    /// The op was stale (an expire whose write was superseded, or an older record during replay).
+    Stale,
+}
+
+fn tombstone_cost(op: &Op<'_>) -> u64 {
+    (crate::format::RECORD_PREFIX + 1 + 8 + 1 + crate::format::varint_len(op.key.len() as u64) + op.key.len()) as u64
+        + if op.kind == KIND_EXPIRE { 8 } else { 0 }
+}
+
+impl State {
+    fn account_removed(&mut self, key_len: usize, old: &Entry) {
+        if old.is_tombstone() {
+            return;
+        }
+        if let Some(info) = self.segments.get_mut(&old.seg) {
+            let cost = put_cost(key_len, old.val_len as usize, old.expires_at != 0);
+            info.live_bytes = info.live_bytes.saturating_sub(cost);
+            info.live_keys = info.live_keys.saturating_sub(1);
+        }
+    }
+
+    /// Applies `op`, found in the record at `rec_off` of segment `seg`.
+    ///
+    /// In `replay` mode (recovery) ops may arrive out of sequence order, so an op older than what
+    /// the index holds for its key is ignored, and deletes leave a tombstone entry (removed by
+    /// [`State::finish_replay`]) so that an older put replayed later cannot resurrect the key.
+    pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
+        let current = self.index.get(op.ns, op.key).copied();
+        if replay && current.is_some_and(|c| c.seq >= op.seq) {
+            if op.kind != KIND_PUT {
+                self.add_tombstone_bytes(seg, op);
+            }
+            return Applied::Stale;
+        }
+        match op.kind {
+            KIND_PUT => {
+                let entry = Entry {
+                    seq: op.seq,
+                    expires_at: op.expires_at.unwrap_or(0),
+                    seg,
+                    rec_off,
+                    val_off: rec_off + op.value_offset as u32,
+                    val_len: op.value.len() as u32,
+                };
+                let old = self.index.upsert(op.ns, op.key, entry);
+                if let Some(o) = &old {
+                    self.account_removed(op.key.len(), o);
+                }
+                if let Some(info) = self.segments.get_mut(&seg) {
+                    info.live_bytes += put_cost(op.key.len(), op.value.len(), op.expires_at.is_some());
+                    info.live_keys += 1;
+                    match op.expires_at {
+                        Some(e) => info.max_expiry = info.max_expiry.max(e),
+                        None => info.has_persistent = true,
+                    }
+                }
+                Applied::Changed { old: old.filter(|o| !o.is_tombstone()) }
+            }
+            KIND_DELETE | KIND_EXPIRE => {
+                self.add_tombstone_bytes(seg, op);
+                let Some(cur) = current.filter(|c| !c.is_tombstone()) else {
+                    return if op.kind == KIND_DELETE && replay {
+                        self.index.upsert(op.ns, op.key, tomb(op.seq));
+                        Applied::Changed { old: None }
+                    } else {
+                        Applied::Stale
+                    };
+                };
+                if op.kind == KIND_EXPIRE && cur.seq != op.target_seq {
+                    return Applied::Stale;
+                }
+                self.account_removed(op.key.len(), &cur);
+                if replay {
+                    self.index.upsert(op.ns, op.key, tomb(op.seq));
+                } else {
+                    self.index.remove(op.ns, op.key);
+                }
+                Applied::Changed { old: Some(cur) }
+            }
+            _ => Applied::Stale,
+        }
+    }
+
+    fn add_tombstone_bytes(&mut self, seg: u32, op: &Op<'_>) {
+        if let Some(info) = self.segments.get_mut(&seg) {
+            info.tombstone_bytes += tombstone_cost(op);
+        }
+    }
+
+    /// Ends replay: drops tombstones and keys already expired at `now`, builds the ordered index
+    /// and the expiry heap.
+    pub fn finish_replay(&mut self, now: u64) {
+        let segments = &mut self.segments;
+        self.index.finish_bulk(|_, key, e| {
+            if e.is_tombstone() {
+                return false;
+            }
+            if e.is_expired(now) {
+                if let Some(info) = segments.get_mut(&e.seg) {
+                    let cost = put_cost(key.len(), e.val_len as usize, true);
+                    info.live_bytes = info.live_bytes.saturating_sub(cost);
+                    info.live_keys = info.live_keys.saturating_sub(1);
+                }
+                return false;
+            }
+            true
+        });
+    }
+}
+
+fn tomb(seq: u64) -> Entry {
+    Entry { seq, expires_at: 0, seg: TOMBSTONE, rec_off: 0, val_off: 0, val_len: 0 }
+}

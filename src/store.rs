@@ -1,0 +1,796 @@
+//! [`Store`]: the public face of the engine.
+
+use crate::background::{Inbox, Woke, Worker};
+use crate::batch::{BatchOp, Expiry, WriteBatch};
+use crate::clock::{duration_ms, Clock, Waker};
+use crate::error::{Error, Result};
+use crate::format::{self, EncOp};
+use crate::index::Entry;
+use crate::options::{Options, SyncPolicy};
+use crate::recovery::{self, RecoveryReport};
+use crate::segment::Segment;
+use crate::state::{Applied, State};
+use crate::writer::{Log, Poison, WriterGuard};
+use crate::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
+use std::any::Any;
+use std::collections::VecDeque;
+use std::fmt;
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+/// A namespace: a separate keyspace in the same store. User keys written through [`Store`] live
+/// in [`Namespace::DEFAULT`]; message threads, queues and caches have their own, so no user key
+/// can collide with their data. Namespaces 0 to 15 are ttlstore's; 16 to 255 are free for
+/// applications (see [`Namespace::custom`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Namespace(pub(crate) u8);
+
+impl Namespace {
+    /// The keys of [`Store`]'s own methods.
+    pub const DEFAULT: Namespace = Namespace(0);
+    /// Message threads.
+    pub const THREADS: Namespace = Namespace(1);
+    /// Task queues.
+    pub const QUEUES: Namespace = Namespace(2);
+    /// TTL caches.
+    pub const CACHES: Namespace = Namespace(3);
+
+    /// An application namespace, `16..=255`.
+    pub fn custom(id: u8) -> Result<Namespace> {
+        if id < 16 {
+            return Err(Error::InvalidArgument { what: format!("namespace {id} is reserved; use 16..=255") });
+        }
+        Ok(Namespace(id))
+    }
+
+    /// The namespace byte stored with each record.
+    pub fn id(self) -> u8 {
+        self.0
+    }
+
+    /// A human name for the reserved namespaces.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            0 => "default",
+            1 => "threads",
+            2 => "queues",
+            3 => "caches",
+            4..=15 => "reserved",
+            _ => "custom",
+        }
+    }
+}
+
+/// A value read from the store. Dereferences to `[u8]`.
+///
+/// It borrows the bytes straight from the segment file's mapping, without a copy; while it lives
+/// it keeps that file's disk space allocated even if compaction retires the segment. Call
+/// [`Value::to_vec`] (from `[u8]`) to keep the bytes longer.
+#[derive(Clone)]
+pub struct Value {
+    seg: Arc<Segment>,
+    start: usize,
+    len: usize,
+}
+
+impl Deref for Value {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.seg.bytes(self.start, self.len)
+    }
+}
+
+impl AsRef<[u8]> for Value {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match std::str::from_utf8(self) {
+            Ok(s) => write!(f, "Value({s:?})"),
+            Err(_) => write!(f, "Value({:?})", &**self),
+        }
+    }
+}
+
+impl PartialEq<[u8]> for Value {
+    fn eq(&self, other: &[u8]) -> bool {
+        **self == *other
+    }
+}
+impl PartialEq<&[u8]> for Value {
+    fn eq(&self, other: &&[u8]) -> bool {
+        **self == **other
+    }
+}
+impl<const N: usize> PartialEq<&[u8; N]> for Value {
+    fn eq(&self, other: &&[u8; N]) -> bool {
+        **self == other[..]
+    }
+}
+impl PartialEq<Vec<u8>> for Value {
+    fn eq(&self, other: &Vec<u8>) -> bool {
+        **self == other[..]
+    }
+}
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        **self == **other
+    }
+}
+
+/// A key's current value with its metadata.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// The value.
+    pub value: Value,
+    /// Absolute expiry in unix ms, if the key has a TTL.
+    pub expires_at: Option<u64>,
+    /// The sequence number of the write that set it.
+    pub seq: u64,
+}
+
+/// Figures about a store, from [`Store::stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Keys that a read would find (in every namespace).
+    pub live_keys: u64,
+    /// Of those, keys with a TTL.
+    pub keys_with_ttl: u64,
+    /// Keys past their expiry still waiting for the expirer to log their removal.
+    pub expired_pending: u64,
+    /// Segment files.
+    pub segments: usize,
+    /// Bytes the segment files take on disk (the active one counts its reserved size).
+    pub disk_bytes: u64,
+    /// Bytes of records in the segments.
+    pub data_bytes: u64,
+    /// Bytes of records that hold a live key's current value.
+    pub live_bytes: u64,
+    /// The sequence number the next write gets.
+    pub next_seq: u64,
+    /// fdatasyncs issued by the write path since open.
+    pub syncs: u64,
+    /// Memory held by the index (capacity), in bytes.
+    pub index_memory_bytes: u64,
+    /// True once a failure has poisoned the store.
+    pub poisoned: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) dir: PathBuf,
+    pub(crate) opts: Options,
+    pub(crate) state: RwLock<State>,
+    pub(crate) log: Log,
+    pub(crate) poison: Arc<Poison>,
+    report: RecoveryReport,
+    rng: AtomicU64,
+    _lock: Box<dyn Any + Send + Sync>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+    }
+}
+
+/// Stops and joins the background workers when the last [`Store`] handle drops.
+struct Guard {
+    inner: Arc<Inner>,
+    workers: Mutex<Vec<Worker>>,
+    _clock_waker: Option<Arc<Waker>>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        drop(workers);
+        if matches!(self.inner.log.policy(), SyncPolicy::Interval(_)) && !self.inner.poison.is_set() {
+            // Like Redis at shutdown: what was written reaches the disk. A failure here has no
+            // caller to report to; `Store::close` reports it.
+            let _ = self.inner.log.sync_all();
+        }
+    }
+}
+
+/// An open data directory. Cheap to clone (an `Arc` inside); `Send + Sync`. Dropping the last
+/// handle stops the background threads, syncs (under [`SyncPolicy::Interval`]) and releases the
+/// directory lock.
+///
+/// ```
+/// # fn main() -> ttlstore::Result<()> {
+/// # let dir = tempfile::tempdir().unwrap();
+/// use std::time::Duration;
+/// let store = ttlstore::Store::open(dir.path())?;
+/// store.put_with_ttl(b"session:42", b"alice", Duration::from_secs(3600))?;
+/// assert_eq!(store.get(b"session:42")?.unwrap(), b"alice");
+/// assert!(store.ttl(b"session:42")?.unwrap() <= Duration::from_secs(3600));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+    _guard: Arc<Guard>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey { len: key.len() });
+    }
+    Ok(())
+}
+
+fn check_value(value: &[u8]) -> Result<()> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens (creating if needed) the store in `dir` with default [`Options`].
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(dir, Options::default())
+    }
+
+    /// Opens (creating if needed) the store in `dir`.
+    ///
+    /// Fails with [`Error::Locked`] if another handle has it open, [`Error::NotAStore`] if the
+    /// directory holds other files and no store, [`Error::Corruption`] for damage that the
+    /// [`crate::RecoveryMode`] does not repair.
+    pub fn open_with(dir: impl AsRef<Path>, opts: Options) -> Result<Store> {
+        opts.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        let rec = recovery::recover(&dir, &opts)?;
+        let poison = Arc::new(Poison::default());
+        let log = Log::new(
+            dir.clone(),
+            opts.storage.clone(),
+            opts.segment_size,
+            opts.sync,
+            rec.active,
+            rec.tail,
+            rec.next_seq,
+            poison.clone(),
+        );
+        let seed = opts.clock.now_ms() ^ (Arc::as_ptr(&poison) as u64).rotate_left(32);
+        let inner = Arc::new(Inner {
+            dir,
+            opts,
+            state: RwLock::new(rec.state),
+            log,
+            poison,
+            report: rec.report,
+            rng: AtomicU64::new(seed),
+            _lock: rec.lock,
+        });
+        let mut workers = Vec::new();
+        if let SyncPolicy::Interval(every) = inner.opts.sync {
+            let w = inner.clone();
+            let worker = Worker::spawn("sync", inner.poison.clone(), move |inbox| sync_worker(&w, &inbox, every))
+                .map_err(|e| Error::io("spawn thread", &inner.dir, e))?;
+            workers.push(worker);
+        }
+        let wakers: Vec<_> = workers.iter().map(Worker::waker).collect();
+        let clock_waker: Option<Arc<Waker>> = if wakers.is_empty() {
+            None
+        } else {
+            let wakers = Mutex::new(wakers);
+            let w: Arc<Waker> = Arc::new(move || {
+                for tx in wakers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    let _ = tx.send(crate::background::Msg::Wake);
+                }
+            });
+            inner.opts.clock.register(Arc::downgrade(&w));
+            Some(w)
+        };
+        let guard = Arc::new(Guard { inner: inner.clone(), workers: Mutex::new(workers), _clock_waker: clock_waker });
+        Ok(Store { inner, _guard: guard })
+    }
+
+    /// A view of this store in another namespace.
+    pub fn namespace(&self, ns: Namespace) -> Keyspace {
+        Keyspace { store: self.clone(), ns: ns.0 }
+    }
+
+    /// Sets `key` to `value`, with the store's default TTL if one is configured.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.inner.put(0, key, value, Expiry::Default)
+    }
+
+    /// Sets `key` to `value`, expiring after `ttl`. A zero `ttl` deletes the key.
+    pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        self.inner.put(0, key, value, Expiry::After(ttl))
+    }
+
+    /// Sets `key` to `value`, expiring at the absolute unix time `expires_at_ms` (a time not
+    /// after now deletes the key).
+    pub fn put_expiring_at(&self, key: &[u8], value: &[u8], expires_at_ms: u64) -> Result<()> {
+        self.inner.put(0, key, value, Expiry::At(expires_at_ms))
+    }
+
+    /// The value of `key`, unless it is missing or expired.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
+        Ok(self.inner.get(0, key)?.map(|i| i.value))
+    }
+
+    /// The value of `key` with its expiry and sequence.
+    pub fn get_item(&self, key: &[u8]) -> Result<Option<Item>> {
+        self.inner.get(0, key)
+    }
+
+    /// Removes `key`. True if a live key was removed.
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        self.inner.delete(0, key)
+    }
+
+    /// The remaining time to live of `key`; `None` when it is missing or has no TTL.
+    pub fn ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
+        self.inner.ttl(0, key)
+    }
+
+    /// Sets or refreshes the TTL of an existing key. A zero `ttl` deletes it. True if the key
+    /// exists.
+    pub fn expire(&self, key: &[u8], ttl: Duration) -> Result<bool> {
+        self.inner.set_expiry(0, key, Expiry::After(ttl))
+    }
+
+    /// Sets the absolute expiry (unix ms) of an existing key; a time not after now deletes it.
+    /// True if the key exists.
+    pub fn expire_at(&self, key: &[u8], unix_ms: u64) -> Result<bool> {
+        self.inner.set_expiry(0, key, Expiry::At(unix_ms))
+    }
+
+    /// Removes the TTL of an existing key. True if it had one (like Redis `PERSIST`).
+    pub fn persist(&self, key: &[u8]) -> Result<bool> {
+        self.inner.set_expiry(0, key, Expiry::Never)
+    }
+
+    /// True if `key` exists and has not expired.
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        self.inner.contains(0, key)
+    }
+
+    /// The keys starting with `prefix`, in order, with their values. Not a snapshot: it reads in
+    /// chunks, and a key written or removed during the scan may or may not be seen.
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Scan {
+        Scan::new(self.clone(), 0, prefix, None)
+    }
+
+    /// Like [`Store::scan_prefix`], starting after the key `after`.
+    pub fn scan_prefix_after(&self, prefix: &[u8], after: &[u8]) -> Scan {
+        Scan::new(self.clone(), 0, prefix, Some(after))
+    }
+
+    /// Applies every operation of `batch` or none, also across a crash.
+    pub fn write_batch(&self, batch: WriteBatch) -> Result<()> {
+        self.inner.write_batch(&batch)
+    }
+
+    /// Makes every write so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.inner.poison.check()?;
+        self.inner.log.sync_all()
+    }
+
+    /// Figures about the store.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// What the open found and repaired.
+    pub fn recovery_report(&self) -> &RecoveryReport {
+        &self.inner.report
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.opts.clock
+    }
+
+    /// The current time of the store's clock, unix ms.
+    pub fn now_ms(&self) -> u64 {
+        self.inner.opts.clock.now_ms()
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Syncs (unless the policy is [`SyncPolicy::Never`]) and drops this handle, reporting a sync
+    /// failure that a plain drop would have to swallow. Other clones stay open.
+    pub fn close(self) -> Result<()> {
+        let result = if self.inner.opts.sync == SyncPolicy::Never || self.inner.poison.is_set() {
+            self.inner.poison.check()
+        } else {
+            self.inner.log.sync_all()
+        };
+        drop(self);
+        result
+    }
+
+    /// True if the two handles are the same open store.
+    pub fn same_store(&self, other: &Store) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+}
+
+/// A [`Store`] seen through one [`Namespace`]: the same operations, on that namespace's keys.
+#[derive(Debug, Clone)]
+pub struct Keyspace {
+    store: Store,
+    ns: u8,
+}
+
+impl Keyspace {
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+    /// The namespace.
+    pub fn namespace(&self) -> Namespace {
+        Namespace(self.ns)
+    }
+    /// See [`Store::put`].
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.store.inner.put(self.ns, key, value, Expiry::Default)
+    }
+    /// See [`Store::put_with_ttl`].
+    pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
+        self.store.inner.put(self.ns, key, value, Expiry::After(ttl))
+    }
+    /// Sets `key` with an explicit expiry rule (no default TTL applied unless `Expiry::Default`).
+    pub fn put_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<()> {
+        self.store.inner.put(self.ns, key, value, expiry)
+    }
+    /// See [`Store::get`].
+    pub fn get(&self, key: &[u8]) -> Result<Option<Value>> {
+        Ok(self.store.inner.get(self.ns, key)?.map(|i| i.value))
+    }
+    /// See [`Store::get_item`].
+    pub fn get_item(&self, key: &[u8]) -> Result<Option<Item>> {
+        self.store.inner.get(self.ns, key)
+    }
+    /// See [`Store::delete`].
+    pub fn delete(&self, key: &[u8]) -> Result<bool> {
+        self.store.inner.delete(self.ns, key)
+    }
+    /// See [`Store::ttl`].
+    pub fn ttl(&self, key: &[u8]) -> Result<Option<Duration>> {
+        self.store.inner.ttl(self.ns, key)
+    }
+    /// Sets, refreshes or removes a key's expiry; see [`Store::expire`] and [`Store::persist`].
+    pub fn set_expiry(&self, key: &[u8], expiry: Expiry) -> Result<bool> {
+        self.store.inner.set_expiry(self.ns, key, expiry)
+    }
+    /// See [`Store::contains_key`].
+    pub fn contains_key(&self, key: &[u8]) -> Result<bool> {
+        self.store.inner.contains(self.ns, key)
+    }
+    /// See [`Store::scan_prefix`].
+    pub fn scan_prefix(&self, prefix: &[u8]) -> Scan {
+        Scan::new(self.store.clone(), self.ns, prefix, None)
+    }
+    /// See [`Store::scan_prefix_after`].
+    pub fn scan_prefix_after(&self, prefix: &[u8], after: &[u8]) -> Scan {
+        Scan::new(self.store.clone(), self.ns, prefix, Some(after))
+    }
+    /// The keys (only) starting with `prefix`, in order, with their expiry; no value is read.
+    pub fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Option<u64>)> {
+        self.store.inner.keys(self.ns, prefix, None, limit)
+    }
+    /// A batch whose operations land in this namespace. Commit it with [`Store::write_batch`].
+    pub fn batch(&self) -> WriteBatch {
+        WriteBatch::in_namespace(Namespace(self.ns))
+    }
+}
+
+impl Inner {
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn next_random(&self) -> u64 {
+        // splitmix64
+        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// The absolute expiry for a write now: `Ok(None)` for none, `Err(())` if the write is to
+    /// delete the key (a zero TTL or a deadline already past).
+    fn resolve(&self, expiry: Expiry, now: u64) -> std::result::Result<Option<u64>, ()> {
+        match expiry {
+            Expiry::Never => Ok(None),
+            Expiry::Default => match self.opts.ttl.default_ttl {
+                None => Ok(None),
+                Some(ttl) => {
+                    let ms = duration_ms(ttl);
+                    let jitter = self.opts.ttl.jitter;
+                    let cut = if jitter > 0.0 {
+                        let unit = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+                        ((ms as f64) * jitter * unit) as u64
+                    } else {
+                        0
+                    };
+                    Ok(Some(now.saturating_add(ms.saturating_sub(cut).max(1))))
+                }
+            },
+            Expiry::After(d) if d.is_zero() => Err(()),
+            Expiry::After(d) => Ok(Some(now.saturating_add(duration_ms(d).max(1)))),
+            Expiry::At(t) if t <= now => Err(()),
+            Expiry::At(t) => Ok(Some(t)),
+        }
+    }
+
+    fn commit(&self, w: &mut WriterGuard<'_>, ops: &[EncOp<'_>], applied: &mut Vec<Applied>) -> Result<u64> {
+        self.log.commit(w, &self.state, ops, applied)
+    }
+
+    fn put(&self, ns: u8, key: &[u8], value: &[u8], expiry: Expiry) -> Result<()> {
+        check_key(key)?;
+        check_value(value)?;
+        let mut applied = Vec::with_capacity(1);
+        let mut w = self.log.lock()?;
+        let now = self.opts.clock.now_ms();
+        let op = match self.resolve(expiry, now) {
+            Ok(expires_at) => EncOp::Put { ns, key, value, expires_at },
+            Err(()) => {
+                if self.live_entry(ns, key, now).is_none() {
+                    return Ok(());
+                }
+                EncOp::Delete { ns, key }
+            }
+        };
+        let pos = self.commit(&mut w, &[op], &mut applied)?;
+        drop(w);
+        self.log.wait_durable(pos)
+    }
+
+    fn live_entry(&self, ns: u8, key: &[u8], now: u64) -> Option<Entry> {
+        self.read_state().index.get(ns, key).copied().filter(|e| !e.is_expired(now))
+    }
+
+    fn value_of(&self, st: &State, e: &Entry) -> Result<Value> {
+        let info = st.segments.get(&e.seg).ok_or(Error::corrupt(u64::from(e.seg), 0, crate::CorruptionKind::Malformed("index points at a missing segment")))?;
+        let seg = info.seg.clone();
+        if self.opts.verify_reads {
+            let data = seg.bytes(0, info.end());
+            if let Err(err) = format::read_record(data, e.rec_off as usize, seg.id) {
+                let kind = match err {
+                    format::RecordError::Corrupt(k) => k,
+                    format::RecordError::End => crate::CorruptionKind::Malformed("index points past the data"),
+                };
+                return Err(Error::corrupt(seg.id, u64::from(e.rec_off), kind));
+            }
+        }
+        Ok(Value { seg, start: e.val_off as usize, len: e.val_len as usize })
+    }
+
+    fn get(&self, ns: u8, key: &[u8]) -> Result<Option<Item>> {
+        check_key(key)?;
+        let now = self.opts.clock.now_ms();
+        let st = self.read_state();
+        let Some(e) = st.index.get(ns, key).copied() else { return Ok(None) };
+        if e.is_expired(now) {
+            return Ok(None);
+        }
+        let value = self.value_of(&st, &e)?;
+        Ok(Some(Item { value, expires_at: (e.expires_at != 0).then_some(e.expires_at), seq: e.seq }))
+    }
+
+    fn contains(&self, ns: u8, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        Ok(self.live_entry(ns, key, self.opts.clock.now_ms()).is_some())
+    }
+
+    fn ttl(&self, ns: u8, key: &[u8]) -> Result<Option<Duration>> {
+        check_key(key)?;
+        let now = self.opts.clock.now_ms();
+        Ok(self
+            .live_entry(ns, key, now)
+            .filter(|e| e.expires_at != 0)
+            .map(|e| Duration::from_millis(e.expires_at - now)))
+    }
+
+    fn delete(&self, ns: u8, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let mut applied = Vec::with_capacity(1);
+        let mut w = self.log.lock()?;
+        if self.live_entry(ns, key, self.opts.clock.now_ms()).is_none() {
+            return Ok(false);
+        }
+        let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], &mut applied)?;
+        drop(w);
+        self.log.wait_durable(pos)?;
+        Ok(true)
+    }
+
+    fn set_expiry(&self, ns: u8, key: &[u8], expiry: Expiry) -> Result<bool> {
+        check_key(key)?;
+        let mut applied = Vec::with_capacity(1);
+        let mut w = self.log.lock()?;
+        let now = self.opts.clock.now_ms();
+        let Some(e) = self.live_entry(ns, key, now) else { return Ok(false) };
+        let new_expiry = match self.resolve(expiry, now) {
+            Ok(x) => x,
+            Err(()) => {
+                let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], &mut applied)?;
+                drop(w);
+                self.log.wait_durable(pos)?;
+                return Ok(true);
+            }
+        };
+        if expiry == Expiry::Never && e.expires_at == 0 {
+            return Ok(false);
+        }
+        // Re-log the value with its new expiry: the record at the index entry always carries
+        // the key's whole state. Copied because the write may rotate segments.
+        let value = {
+            let st = self.read_state();
+            self.value_of(&st, &e)?.to_vec()
+        };
+        let op = EncOp::Put { ns, key, value: &value, expires_at: new_expiry };
+        let pos = self.commit(&mut w, &[op], &mut applied)?;
+        drop(w);
+        self.log.wait_durable(pos)?;
+        Ok(true)
+    }
+
+    fn write_batch(&self, batch: &WriteBatch) -> Result<()> {
+        if batch.ops.is_empty() {
+            return Ok(());
+        }
+        for op in &batch.ops {
+            check_key(&op.key)?;
+            if let Some(v) = &op.value {
+                check_value(v)?;
+            }
+        }
+        let mut applied = Vec::with_capacity(batch.ops.len());
+        let mut w = self.log.lock()?;
+        let now = self.opts.clock.now_ms();
+        let ops: Vec<EncOp<'_>> = batch
+            .ops
+            .iter()
+            .map(|op: &BatchOp| match (&op.value, self.resolve(op.expiry, now)) {
+                (Some(value), Ok(expires_at)) => EncOp::Put { ns: op.ns, key: &op.key, value, expires_at },
+                _ => EncOp::Delete { ns: op.ns, key: &op.key },
+            })
+            .collect();
+        let len = format::record_len(&ops);
+        if len > MAX_BATCH_BYTES {
+            return Err(Error::BatchTooLarge { len, max: MAX_BATCH_BYTES });
+        }
+        let pos = self.commit(&mut w, &ops, &mut applied)?;
+        drop(w);
+        self.log.wait_durable(pos)
+    }
+
+    pub(crate) fn keys(&self, ns: u8, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Option<u64>)> {
+        let now = self.opts.clock.now_ms();
+        let st = self.read_state();
+        let mut out = Vec::new();
+        st.index.scan(ns, prefix, after, |k, e| {
+            if !e.is_expired(now) {
+                out.push((k.to_vec(), (e.expires_at != 0).then_some(e.expires_at)));
+            }
+            out.len() < limit
+        });
+        out
+    }
+
+    fn stats(&self) -> Stats {
+        let now = self.opts.clock.now_ms();
+        let st = self.read_state();
+        let mut s = Stats { segments: st.segments.len(), ..Stats::default() };
+        st.index.for_each(|_, _, e| {
+            if e.is_expired(now) {
+                s.expired_pending += 1;
+            } else {
+                s.live_keys += 1;
+                if e.expires_at != 0 {
+                    s.keys_with_ttl += 1;
+                }
+            }
+        });
+        for info in st.segments.values() {
+            s.disk_bytes += if info.sealed { info.end() as u64 } else { info.seg.map.len() as u64 };
+            s.data_bytes += info.data_bytes;
+            s.live_bytes += info.live_bytes;
+        }
+        s.index_memory_bytes = st.index.memory_bytes() as u64;
+        drop(st);
+        s.next_seq = self.log.position().2;
+        s.syncs = self.log.syncs.load(Ordering::Relaxed);
+        s.poisoned = self.poison.is_set();
+        s
+    }
+}
+
+fn sync_worker(inner: &Inner, inbox: &Inbox, every: Duration) {
+    loop {
+        match inbox.wait(Some(every)) {
+            Woke::Stop => return,
+            Woke::Message => continue,
+            Woke::Timeout => {
+                if inner.log.dirty() {
+                    // A failure poisons the store inside sync_all; nothing else to do here.
+                    let _ = inner.log.sync_all();
+                }
+            }
+        }
+    }
+}
+
+/// An ordered scan over keys with a prefix; yields `(key, value)`. See [`Store::scan_prefix`].
+pub struct Scan {
+    store: Store,
+    ns: u8,
+    prefix: Vec<u8>,
+    after: Option<Vec<u8>>,
+    buf: VecDeque<Result<(Vec<u8>, Value)>>,
+    done: bool,
+}
+
+impl fmt::Debug for Scan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scan").field("prefix", &self.prefix).field("after", &self.after).finish_non_exhaustive()
+    }
+}
+
+const SCAN_CHUNK: usize = 256;
+
+impl Scan {
+    fn new(store: Store, ns: u8, prefix: &[u8], after: Option<&[u8]>) -> Scan {
+        Scan { store, ns, prefix: prefix.to_vec(), after: after.map(<[u8]>::to_vec), buf: VecDeque::new(), done: false }
+    }
+
+    fn refill(&mut self) {
+        let inner = &self.store.inner;
+        let now = inner.opts.clock.now_ms();
+        let st = inner.read_state();
+        let mut last: Option<Vec<u8>> = None;
+        let mut n = 0;
+        let buf = &mut self.buf;
+        st.index.scan(self.ns, &self.prefix, self.after.as_deref(), |k, e| {
+            n += 1;
+            if !e.is_expired(now) {
+                buf.push_back(inner.value_of(&st, e).map(|v| (k.to_vec(), v)));
+            }
+            if n >= SCAN_CHUNK {
+                last = Some(k.to_vec());
+                return false;
+            }
+            true
+        });
+        match last {
+            Some(k) => self.after = Some(k),
+            None => self.done = true,
+        }
+    }
+}
+
+impl Iterator for Scan {
+    type Item = Result<(Vec<u8>, Value)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        while self.buf.is_empty() && !self.done {
+            self.refill();
+        }
+        self.buf.pop_front()
+    }
+}

@@ -1,0 +1,338 @@
+//! The append path: one writer at a time encodes records straight into the active segment's
+//! mapping, applies them to the index in sequence order, rotates segments, and shares fdatasyncs
+//! between concurrent writers (group commit).
+//!
+//! # Group commit
+//! A writer appends under the writer lock (a memcpy into the page cache: the record survives a
+//! crash of the process from then on), applies it to the index, and releases the lock. Under
+//! [`SyncPolicy::Always`] it then waits until the log is durable up to its record's end. The first
+//! waiter to find no sync running becomes the leader: it notes how far the log has been appended,
+//! fdatasyncs once, and wakes every waiter that the sync covered. Writers keep appending while the
+//! leader syncs; the next leader covers them.
+//!
+//! # Rotation
+//! When a record does not fit, a new segment is created first (space reserved, header written,
+//! file fsynced); only then is the old one sealed (fdatasync, truncated to its data, fsynced), and
+//! last the directory is fsynced. A full disk therefore fails the write with nothing changed, and a
+//! crash at any point leaves segments that recovery reads back whole (see FORMAT.md, "Crash
+//! points").
+
+use crate::error::{Error, Result};
+use crate::format::{self, EncOp, Op, HEADER_LEN};
+use crate::options::SyncPolicy;
+use crate::segment::{Segment, SegmentInfo};
+use crate::state::{Applied, State};
+use crate::storage::Storage;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+
+/// The store's poison flag: set by a failed sync or a panicking background thread.
+#[derive(Debug, Default)]
+pub struct Poison {
+    set: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Poison {
+    /// Poisons the store (the first reason wins).
+    pub fn poison(&self, reason: String) {
+        let mut r = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none() {
+            *r = Some(reason);
+        }
+        self.set.store(true, Ordering::SeqCst);
+    }
+
+    /// `Err(Poisoned)` if poisoned.
+    pub fn check(&self) -> Result<()> {
+        if self.set.load(Ordering::Acquire) {
+            let reason = self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+            return Err(Error::Poisoned { reason });
+        }
+        Ok(())
+    }
+
+    /// True if poisoned.
+    pub fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+}
+
+/// The writer's state, behind the writer lock.
+#[derive(Debug)]
+pub struct WriterState {
+    /// The segment being appended to.
+    pub active: Arc<Segment>,
+    /// Next write offset in it.
+    pub tail: usize,
+    /// Sequence number of the next record.
+    pub next_seq: u64,
+    /// Bytes appended since open: the log position that syncs are measured in.
+    pub appended: u64,
+    value_offsets: Vec<usize>,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    synced: u64,
+    leader: bool,
+}
+
+/// The append path of one store.
+#[derive(Debug)]
+pub struct Log {
+    dir: PathBuf,
+    storage: Arc<dyn Storage>,
+    segment_size: u64,
+    policy: SyncPolicy,
+    writer: Mutex<WriterState>,
+    sync: Mutex<SyncState>,
+    synced_cv: Condvar,
+    /// Poison flag, shared with the store.
+    pub poison: Arc<Poison>,
+    /// Number of fdatasyncs the append path has issued (for statistics and tests).
+    pub syncs: AtomicU64,
+}
+
+/// The writer lock, held while deciding and appending one logical write.
+pub type WriterGuard<'a> = MutexGuard<'a, WriterState>;
+
+impl Log {
+    /// A log appending to `active` from `tail`, with `next_seq` next.
+    pub fn new(
+        dir: PathBuf,
+        storage: Arc<dyn Storage>,
+        segment_size: u64,
+        policy: SyncPolicy,
+        active: Arc<Segment>,
+        tail: usize,
+        next_seq: u64,
+        poison: Arc<Poison>,
+    ) -> Log {
+        Log {
+            dir,
+            storage,
+            segment_size,
+            policy,
+            writer: Mutex::new(WriterState { active, tail, next_seq, appended: 0, value_offsets: Vec::new() }),
+            sync: Mutex::new(SyncState::default()),
+            synced_cv: Condvar::new(),
+            poison,
+            syncs: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes the writer lock; fails if the store is poisoned.
+    pub fn lock(&self) -> Result<WriterGuard<'_>> {
+        self.poison.check()?;
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.poison.check()?;
+        Ok(w)
+    }
+
+    /// The sync policy.
+    pub fn policy(&self) -> SyncPolicy {
+        self.policy
+    }
+
+    /// Appends `ops` as one record and applies them to `state`. Returns the log position after
+    /// the record (for [`Log::wait_durable`]) and what each op did.
+    pub fn commit(
+        &self,
+        w: &mut WriterGuard<'_>,
+        state: &RwLock<State>,
+        ops: &[EncOp<'_>],
+        applied: &mut Vec<Applied>,
+    ) -> Result<u64> {
+        applied.clear();
+        let len = format::record_len(ops);
+        if w.tail + len > w.active.map.len() {
+            self.rotate(w, state, len)?;
+        }
+        let seq = w.next_seq;
+        let seg_id = w.active.id;
+        let rec_off = w.tail;
+        let mut offsets = std::mem::take(&mut w.value_offsets);
+        offsets.clear();
+        {
+            // SAFETY of the aliasing: bytes rec_off..rec_off+len lie past every byte a reader was
+            // given (readers see only records the index points at, all before `tail`).
+            let out = mapped_mut(&w.active, rec_off, len);
+            format::encode_record(out, seg_id, seq, ops, &mut offsets);
+        }
+        crate::failpoint!("append.after_write");
+        w.tail += len;
+        w.next_seq += ops.len() as u64;
+        w.appended += len as u64;
+        let seg = seg_id as u32;
+        {
+            let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(info) = st.segments.get_mut(&seg) {
+                info.data_bytes = (w.tail - HEADER_LEN) as u64;
+            }
+            for (i, op) in ops.iter().enumerate() {
+                let dop = as_op(op, seq + i as u64, offsets[i]);
+                applied.push(st.apply(seg, rec_off as u32, &dop, false));
+            }
+        }
+        w.value_offsets = offsets;
+        Ok(w.appended)
+    }
+
+    /// Creates the next segment, seals the active one, and switches to the new one.
+    fn rotate(&self, w: &mut WriterGuard<'_>, state: &RwLock<State>, need: usize) -> Result<()> {
+        let new_id = w.active.id + 1;
+        if new_id > u64::from(u32::MAX - 1) {
+            return Err(Error::InvalidArgument { what: "segment ids exhausted (4 billion segments)".into() });
+        }
+        let size = self.segment_size.max((HEADER_LEN + need) as u64);
+        let new = Segment::create(&*self.storage, &self.dir, new_id, w.next_seq, size)?;
+        crate::failpoint!("rotate.after_create");
+        let new = Arc::new(new);
+        // From here on a failure leaves the old segment unsealed: poison rather than guess.
+        let sealed = self.seal(w).inspect_err(|e| self.poison.poison(format!("sealing a segment failed: {e}")));
+        if let Err(e) = sealed {
+            let _ = self.storage.remove_file(&new.path);
+            return Err(e);
+        }
+        crate::failpoint!("rotate.before_dir_sync");
+        if let Err(e) = self.storage.sync_dir(&self.dir) {
+            self.poison.poison(format!("fsync of the directory failed: {e}"));
+            return Err(Error::io("fsync", &self.dir, e));
+        }
+        {
+            let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(info) = st.segments.get_mut(&(w.active.id as u32)) {
+                info.sealed = true;
+            }
+            st.segments.insert(new_id as u32, SegmentInfo::new(new.clone()));
+        }
+        w.active = new;
+        w.tail = HEADER_LEN;
+        // Everything before the new segment is durable now.
+        let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        s.synced = s.synced.max(w.appended);
+        self.synced_cv.notify_all();
+        Ok(())
+    }
+
+    fn seal(&self, w: &WriterGuard<'_>) -> Result<()> {
+        let old = &w.active;
+        crate::failpoint!("rotate.before_seal");
+        old.file.sync_data().map_err(|e| Error::io("fdatasync", &old.path, e))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        old.file.set_len(w.tail as u64).map_err(|e| Error::io("truncate", &old.path, e))?;
+        old.file.sync_all().map_err(|e| Error::io("fsync", &old.path, e))?;
+        crate::failpoint!("rotate.after_seal");
+        Ok(())
+    }
+
+    /// Under [`SyncPolicy::Always`], waits until the log is durable up to `pos`; otherwise returns
+    /// at once.
+    pub fn wait_durable(&self, pos: u64) -> Result<()> {
+        if self.policy == SyncPolicy::Always { self.sync_to(pos) } else { Ok(()) }
+    }
+
+    /// Makes everything appended so far durable.
+    pub fn sync_all(&self) -> Result<()> {
+        let pos = self.writer.lock().unwrap_or_else(|e| e.into_inner()).appended;
+        self.sync_to(pos)
+    }
+
+    /// True if something appended is not yet known durable.
+    pub fn dirty(&self) -> bool {
+        let pos = self.writer.lock().unwrap_or_else(|e| e.into_inner()).appended;
+        self.sync.lock().unwrap_or_else(|e| e.into_inner()).synced < pos
+    }
+
+    fn sync_to(&self, pos: u64) -> Result<()> {
+        let mut g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if g.synced >= pos {
+                return Ok(());
+            }
+            self.poison.check()?;
+            if g.leader {
+                g = self.synced_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            g.leader = true;
+            drop(g);
+            let (seg, target) = {
+                let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+                (w.active.clone(), w.appended)
+            };
+            let result = self.sync_segment(&seg);
+            g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+            g.leader = false;
+            self.synced_cv.notify_all();
+            match result {
+                Ok(()) => g.synced = g.synced.max(target),
+                Err(e) => {
+                    self.poison.poison(format!("fdatasync failed: {e}"));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    fn sync_segment(&self, seg: &Segment) -> Result<()> {
+        crate::failpoint!("sync.before");
+        seg.file.sync_data().map_err(|e| Error::io("fdatasync", &seg.path, e))?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        crate::failpoint!("sync.after");
+        Ok(())
+    }
+
+    /// The active segment and the writer's position (for statistics and inspection).
+    pub fn position(&self) -> (u64, usize, u64) {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        (w.active.id, w.tail, w.next_seq)
+    }
+}
+
+fn mapped_mut(seg: &Segment, start: usize, len: usize) -> &mut [u8] {
+    let end = start.checked_add(len).filter(|&e| e <= seg.map.len());
+    assert!(end.is_some(), "write past the active segment's mapping");
+    // SAFETY: inside the mapping (checked), writable (the active segment is mapped writable), and
+    // only the writer, holding the writer lock, touches these bytes until the index points at
+    // them (see the storage module's contract).
+    unsafe { std::slice::from_raw_parts_mut(seg.map.as_ptr().add(start), len) }
+}
+
+/// The decoded form of an op being written, for [`State::apply`].
+fn as_op<'a>(op: &EncOp<'a>, seq: u64, value_offset: usize) -> Op<'a> {
+    match *op {
+        EncOp::Put { ns, key, value, expires_at } => Op {
+            kind: format::KIND_PUT,
+            seq,
+            ns,
+            key,
+            value,
+            value_offset,
+            expires_at,
+            target_seq: 0,
+        },
+        EncOp::Delete { ns, key } => Op {
+            kind: format::KIND_DELETE,
+            seq,
+            ns,
+            key,
+            value: &[],
+            value_offset: 0,
+            expires_at: None,
+            target_seq: 0,
+        },
+        EncOp::Expire { ns, key, target_seq } => Op {
+            kind: format::KIND_EXPIRE,
+            seq,
+            ns,
+            key,
+            value: &[],
+            value_offset: 0,
+            expires_at: None,
+            target_seq,
+        },
+    }
+}

@@ -1,0 +1,95 @@
+//! The store's API, one behaviour at a time, on a manual clock.
+
+use std::sync::Arc;
+use std::time::Duration;
+use ttlstore::{Error, ManualClock, Options, Store, SyncPolicy, WriteBatch};
+
+const T0: u64 = 1_700_000_000_000;
+
+fn opts(clock: &Arc<ManualClock>) -> Options {
+    Options::default().sync(SyncPolicy::Never).segment_size(64 << 10).clock(clock.clone())
+}
+
+#[test]
+fn put_get_delete_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
+    store.put(b"a", b"1").unwrap();
+    store.put_with_ttl(b"b", b"2", Duration::from_secs(10)).unwrap();
+    assert_eq!(store.get(b"a").unwrap().unwrap(), b"1");
+    assert_eq!(store.ttl(b"b").unwrap(), Some(Duration::from_secs(10)));
+    assert!(store.delete(b"a").unwrap());
+    assert!(!store.delete(b"a").unwrap());
+    assert_eq!(store.get(b"a").unwrap(), None);
+    drop(store);
+    clock.advance(Duration::from_secs(4));
+    let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
+    assert_eq!(store.get(b"a").unwrap(), None);
+    assert_eq!(store.get(b"b").unwrap().unwrap(), b"2");
+    assert_eq!(store.ttl(b"b").unwrap(), Some(Duration::from_secs(6)));
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(store.get(b"b").unwrap(), None);
+    assert!(!store.contains_key(b"b").unwrap());
+}
+
+#[test]
+fn many_keys_rotate_segments_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
+    for i in 0..5000u32 {
+        store.put(format!("k{i:06}").as_bytes(), &[i as u8; 100]).unwrap();
+    }
+    assert!(store.stats().segments > 5);
+    drop(store);
+    let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
+    assert_eq!(store.stats().live_keys, 5000);
+    for i in (0..5000u32).step_by(7) {
+        assert_eq!(store.get(format!("k{i:06}").as_bytes()).unwrap().unwrap(), vec![i as u8; 100]);
+    }
+    let keys: Vec<_> = store.scan_prefix(b"k0001").map(|r| r.unwrap().0).collect();
+    assert_eq!(keys.len(), 100);
+    assert_eq!(keys[0], b"k000100");
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[test]
+fn batch_expire_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
+    let mut b = WriteBatch::new();
+    b.put(b"x", b"1").put_with_ttl(b"y", b"2", Duration::from_secs(5)).delete(b"z");
+    store.write_batch(b).unwrap();
+    assert!(store.expire(b"x", Duration::from_secs(3)).unwrap());
+    assert!(store.persist(b"y").unwrap());
+    assert!(!store.persist(b"y").unwrap());
+    clock.advance(Duration::from_secs(3));
+    assert_eq!(store.get(b"x").unwrap(), None);
+    assert_eq!(store.get(b"y").unwrap().unwrap(), b"2");
+    assert_eq!(store.ttl(b"y").unwrap(), None);
+    assert!(store.expire(b"y", Duration::ZERO).unwrap());
+    assert!(!store.contains_key(b"y").unwrap());
+}
+
+#[test]
+fn second_open_is_locked_and_bad_keys_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+    assert!(matches!(store.put(b"", b"v"), Err(Error::InvalidKey { len: 0 })));
+    assert!(matches!(store.put(&vec![1; ttlstore::MAX_KEY_LEN + 1], b"v"), Err(Error::InvalidKey { .. })));
+    let before = store.stats();
+    assert_eq!(before.data_bytes, 0);
+    drop(store);
+    Store::open(dir.path()).unwrap();
+}
+
+#[test]
+fn foreign_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(Error::NotAStore { .. })));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
