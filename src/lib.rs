@@ -20,7 +20,7 @@
 //!
 //! ## Layout of the crate
 //! - [`store`](Store): the API; [`batch`](WriteBatch): atomic batches;
-//! - `format`: every on-disk byte (see `FORMAT.md`); `segment`: segment files; `writer`: the append
+//! - [`format`]: every on-disk byte (see `FORMAT.md`); `segment`: segment files; `writer`: the append
 //!   path and group commit; `recovery`: open and replay; `index`: the in-memory index and expiry
 //!   heap; `state`: applying a logged operation to the index;
 //! - [`storage`]: the file-system trait all I/O goes through; [`clock`](Clock): time.
@@ -33,7 +33,7 @@ mod clock;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
-mod format;
+pub mod format;
 mod index;
 mod macros;
 mod options;

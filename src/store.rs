@@ -12,12 +12,13 @@ use crate::segment::Segment;
 use crate::state::{Applied, State};
 use crate::writer::{Log, Poison, WriterGuard};
 use crate::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
-use std::any::Any;
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
@@ -171,6 +172,9 @@ pub(crate) struct Inner {
     pub(crate) poison: Arc<Poison>,
     report: RecoveryReport,
     rng: AtomicU64,
+    closed: AtomicBool,
+    close_wakers: Mutex<Vec<std::sync::Weak<Waker>>>,
+    extensions: Mutex<HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>>,
     _lock: Box<dyn Any + Send + Sync>,
 }
 
@@ -274,6 +278,9 @@ impl Store {
             poison,
             report: rec.report,
             rng: AtomicU64::new(seed),
+            closed: AtomicBool::new(false),
+            close_wakers: Mutex::new(Vec::new()),
+            extensions: Mutex::new(HashMap::new()),
             _lock: rec.lock,
         });
         let mut workers = Vec::new();
@@ -410,16 +417,52 @@ impl Store {
         &self.inner.dir
     }
 
-    /// Syncs (unless the policy is [`SyncPolicy::Never`]) and drops this handle, reporting a sync
-    /// failure that a plain drop would have to swallow. Other clones stay open.
+    /// Closes the store for every handle: syncs (unless the policy is [`SyncPolicy::Never`]),
+    /// makes every later write through any handle fail with [`Error::Closed`], and wakes whatever
+    /// waits on the store (blocking pops, thread streams) so it can end. Reads keep working until
+    /// the last handle drops; then the threads stop and the directory lock is released. Reports
+    /// a sync failure that a plain drop would have to swallow.
     pub fn close(self) -> Result<()> {
         let result = if self.inner.opts.sync == SyncPolicy::Never || self.inner.poison.is_set() {
             self.inner.poison.check()
         } else {
             self.inner.log.sync_all()
         };
+        self.inner.closed.store(true, Ordering::SeqCst);
+        let wakers: Vec<_> = self.inner.close_wakers.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for w in wakers.iter().filter_map(std::sync::Weak::upgrade) {
+            w();
+        }
         drop(self);
         result
+    }
+
+    /// True once [`Store::close`] was called on any handle.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    /// Registers a callback that [`Store::close`] runs, held weakly (drop the `Arc` to
+    /// unregister). For layers whose calls block (queue pops, thread streams).
+    pub fn on_close(&self, waker: std::sync::Weak<Waker>) {
+        self.inner.close_wakers.lock().unwrap_or_else(|e| e.into_inner()).push(waker);
+    }
+
+    /// Shared state for a layer built on this store (a queue's lease table, a thread's waiters),
+    /// one value per type and `name`, created by `init` on first use and shared by every handle
+    /// of this open store afterwards. The value must not hold a [`Store`] (that would keep the
+    /// store open forever); handles hold the store and the `Arc` side by side.
+    pub fn extension<T: Any + Send + Sync>(&self, name: &str, init: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        let key = (TypeId::of::<T>(), name.to_string());
+        let mut map = self.inner.extensions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = map.get(&key) {
+            if let Ok(t) = v.clone().downcast::<T>() {
+                return Ok(t);
+            }
+        }
+        let v = Arc::new(init()?);
+        map.insert(key, v.clone());
+        Ok(v)
     }
 
     /// True if the two handles are the same open store.
@@ -538,6 +581,9 @@ impl Inner {
     }
 
     fn commit(&self, w: &mut WriterGuard<'_>, ops: &[EncOp<'_>], applied: &mut Vec<Applied>) -> Result<u64> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         self.log.commit(w, &self.state, ops, applied)
     }
 

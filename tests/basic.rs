@@ -93,3 +93,32 @@ fn foreign_directory_is_refused() {
     assert!(matches!(Store::open(dir.path()), Err(Error::NotAStore { .. })));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
+
+#[test]
+fn close_rejects_writes_from_every_handle_and_wakes_listeners() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let other = store.clone();
+    let woke = Arc::new(AtomicBool::new(false));
+    let w = woke.clone();
+    let waker: Arc<ttlstore::Waker> = Arc::new(move || w.store(true, Ordering::SeqCst));
+    store.on_close(Arc::downgrade(&waker));
+    other.put(b"k", b"v").unwrap();
+    store.close().unwrap();
+    assert!(woke.load(Ordering::SeqCst));
+    assert!(matches!(other.put(b"k", b"w"), Err(Error::Closed)));
+    assert_eq!(other.get(b"k").unwrap().unwrap(), b"v");
+}
+
+#[test]
+fn extensions_are_shared_per_type_and_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = store.extension("q1", || Ok(std::sync::Mutex::new(1u32))).unwrap();
+    let b = store.clone().extension("q1", || Ok(std::sync::Mutex::new(2u32))).unwrap();
+    let c = store.extension("q2", || Ok(std::sync::Mutex::new(3u32))).unwrap();
+    assert!(Arc::ptr_eq(&a, &b));
+    assert_eq!(*c.lock().unwrap(), 3);
+    assert!(store.extension::<u8>("q1", || Err(Error::Closed)).is_err());
+}
