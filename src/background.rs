@@ -4,9 +4,9 @@
 //! and poison the store if they panic.
 
 use crate::writer::Poison;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -68,20 +68,29 @@ pub struct Worker {
 
 impl Worker {
     /// Starts `body` on a thread named `name`. A panic in it poisons the store.
-    pub fn spawn(name: &str, poison: Arc<Poison>, body: impl FnOnce(Inbox) + Send + 'static) -> std::io::Result<Worker> {
+    pub fn spawn(
+        name: &str,
+        poison: Arc<Poison>,
+        body: impl FnOnce(Inbox) + Send + 'static,
+    ) -> std::io::Result<Worker> {
         let (tx, rx) = mpsc::channel();
         let thread_name = name.to_string();
-        let handle = std::thread::Builder::new().name(format!("ttlstore-{name}")).spawn(move || {
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| body(Inbox { rx }))) {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                poison.poison(format!("background thread {thread_name} panicked: {what}"));
-            }
-        })?;
-        Ok(Worker { tx, handle: Some(handle) })
+        let handle = std::thread::Builder::new()
+            .name(format!("ttlstore-{name}"))
+            .spawn(move || {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(|| body(Inbox { rx }))) {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    poison.poison(format!("background thread {thread_name} panicked: {what}"));
+                }
+            })?;
+        Ok(Worker {
+            tx,
+            handle: Some(handle),
+        })
     }
 
     /// A handle that wakes the worker.

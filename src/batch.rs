@@ -52,7 +52,10 @@ impl WriteBatch {
 
     /// An empty batch whose operations go to `ns`.
     pub fn in_namespace(ns: Namespace) -> WriteBatch {
-        WriteBatch { ops: Vec::new(), ns: ns.id() }
+        WriteBatch {
+            ops: Vec::new(),
+            ns: ns.id(),
+        }
     }
 
     /// Sets `key` to `value` with the store's default TTL.
@@ -67,13 +70,23 @@ impl WriteBatch {
 
     /// Sets `key` to `value` with an explicit expiry.
     pub fn put_with(&mut self, key: &[u8], value: &[u8], expiry: Expiry) -> &mut Self {
-        self.ops.push(BatchOp { ns: self.ns, key: key.to_vec(), value: Some(value.to_vec()), expiry });
+        self.ops.push(BatchOp {
+            ns: self.ns,
+            key: key.to_vec(),
+            value: Some(value.to_vec()),
+            expiry,
+        });
         self
     }
 
     /// Removes `key`.
     pub fn delete(&mut self, key: &[u8]) -> &mut Self {
-        self.ops.push(BatchOp { ns: self.ns, key: key.to_vec(), value: None, expiry: Expiry::Never });
+        self.ops.push(BatchOp {
+            ns: self.ns,
+            key: key.to_vec(),
+            value: None,
+            expiry: Expiry::Never,
+        });
         self
     }
 

@@ -21,7 +21,9 @@ pub trait Clock: Send + Sync + fmt::Debug {
     /// How long to wait in real time for this clock to reach `deadline_ms`, or `None` when the
     /// clock only moves by explicit calls (then waiters wait for a [`Clock::register`]ed wake).
     fn real_wait(&self, deadline_ms: u64) -> Option<Duration> {
-        Some(Duration::from_millis(deadline_ms.saturating_sub(self.now_ms())))
+        Some(Duration::from_millis(
+            deadline_ms.saturating_sub(self.now_ms()),
+        ))
     }
 
     /// Registers a callback to run whenever the clock jumps. A real clock never jumps, so the
@@ -37,7 +39,10 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
     }
 }
 
@@ -58,14 +63,19 @@ pub struct ManualClock {
 
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ManualClock").field("now_ms", &self.now_ms()).finish()
+        f.debug_struct("ManualClock")
+            .field("now_ms", &self.now_ms())
+            .finish()
     }
 }
 
 impl ManualClock {
     /// A clock standing at `start_unix_ms`.
     pub fn new(start_unix_ms: u64) -> Self {
-        ManualClock { now: AtomicU64::new(start_unix_ms), wakers: Mutex::new(Vec::new()) }
+        ManualClock {
+            now: AtomicU64::new(start_unix_ms),
+            wakers: Mutex::new(Vec::new()),
+        }
     }
 
     /// Moves the clock forward by `d` and wakes everything waiting on it.
@@ -102,7 +112,10 @@ impl Clock for ManualClock {
     }
 
     fn register(&self, waker: Weak<Waker>) {
-        self.wakers.lock().unwrap_or_else(|e| e.into_inner()).push(waker);
+        self.wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(waker);
     }
 }
 

@@ -126,7 +126,9 @@ pub enum CorruptionKind {
 impl fmt::Display for CorruptionKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CorruptionKind::BadMagic => f.write_str("the file does not start with ttlstore's magic"),
+            CorruptionKind::BadMagic => {
+                f.write_str("the file does not start with ttlstore's magic")
+            }
             CorruptionKind::BadHeader => f.write_str("the header checksum does not match"),
             CorruptionKind::WrongSegmentId { found } => {
                 write!(f, "the header names segment {found}, not the file's own id")
@@ -135,9 +137,14 @@ impl fmt::Display for CorruptionKind {
             CorruptionKind::Truncated => f.write_str("a record runs past the end of the file"),
             CorruptionKind::Malformed(what) => write!(f, "malformed record: {what}"),
             CorruptionKind::SequenceOutOfOrder { previous, found } => {
-                write!(f, "sequence {found} follows {previous}; sequences must increase")
+                write!(
+                    f,
+                    "sequence {found} follows {previous}; sequences must increase"
+                )
             }
-            CorruptionKind::BadHint(what) => write!(f, "hint file disagrees with its segment: {what}"),
+            CorruptionKind::BadHint(what) => {
+                write!(f, "hint file disagrees with its segment: {what}")
+            }
         }
     }
 }
@@ -163,13 +170,21 @@ impl fmt::Display for Error {
                  open an empty or new directory, or the directory of an existing store",
                 path.display()
             ),
-            Error::Corruption { segment, offset, kind } => write!(
+            Error::Corruption {
+                segment,
+                offset,
+                kind,
+            } => write!(
                 f,
                 "corruption in segment {segment} at byte {offset}: {kind}; \
                  run `ttlstore-inspect verify` on the directory, restore it from a backup, \
                  or open it with RecoveryMode::Salvage to keep every record that checks out"
             ),
-            Error::UnsupportedVersion { path, found, supported } => write!(
+            Error::UnsupportedVersion {
+                path,
+                found,
+                supported,
+            } => write!(
                 f,
                 "{} has format version {found} but this build reads up to {supported}; \
                  upgrade ttlstore to open it",
@@ -211,11 +226,19 @@ impl std::error::Error for Error {
 
 impl Error {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
-        Error::Io { op, path: path.into(), source }
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 
     pub(crate) fn corrupt(segment: u64, offset: u64, kind: CorruptionKind) -> Self {
-        Error::Corruption { segment, offset, kind }
+        Error::Corruption {
+            segment,
+            offset,
+            kind,
+        }
     }
 
     /// True for [`Error::Corruption`] and [`Error::UnsupportedVersion`]: the bytes on disk, not

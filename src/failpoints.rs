@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// What an armed point does when reached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,6 +21,7 @@ pub enum Action {
 }
 
 static ARMED: Mutex<Option<HashMap<String, (Action, u64)>>> = Mutex::new(None);
+static ANY_ARMED: AtomicBool = AtomicBool::new(false);
 
 /// Every failpoint the engine has, in protocol order.
 pub fn names() -> &'static [&'static str] {
@@ -28,17 +30,30 @@ pub fn names() -> &'static [&'static str] {
         "append.after_write",
         "sync.before",
         "sync.after",
+        "rotate.before_sync_old",
         "rotate.after_create",
         "rotate.before_seal",
         "rotate.after_seal",
         "rotate.before_dir_sync",
         "recovery.before_tail_repair",
+        "hint.before_sync",
+        "hint.before_rename",
+        "compaction.before_output_sync",
+        "compaction.before_publish",
+        "compaction.after_publish",
+        "compaction.before_unlink",
+        "compaction.after_unlink",
     ]
 }
 
 /// Arms `name`: the `skip`+1-th time it is reached, `action` happens.
 pub fn arm(name: &str, action: Action, skip: u64) {
-    ARMED.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(HashMap::new).insert(name.to_string(), (action, skip));
+    ANY_ARMED.store(true, Ordering::SeqCst);
+    ARMED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(HashMap::new)
+        .insert(name.to_string(), (action, skip));
 }
 
 /// Disarms every point.
@@ -49,10 +64,16 @@ pub fn clear() {
 /// Arms points from the environment variable `TTLSTORE_FAILPOINT` (`name=abort|panic|error[@skip]`),
 /// for child processes of crash tests.
 pub fn arm_from_env() {
-    let Ok(spec) = std::env::var("TTLSTORE_FAILPOINT") else { return };
+    let Ok(spec) = std::env::var("TTLSTORE_FAILPOINT") else {
+        return;
+    };
     for part in spec.split(',').filter(|p| !p.is_empty()) {
-        let Some((name, rest)) = part.split_once('=') else { continue };
-        let (action, skip) = rest.split_once('@').map_or((rest, 0), |(a, s)| (a, s.parse().unwrap_or(0)));
+        let Some((name, rest)) = part.split_once('=') else {
+            continue;
+        };
+        let (action, skip) = rest
+            .split_once('@')
+            .map_or((rest, 0), |(a, s)| (a, s.parse().unwrap_or(0)));
         let action = match action {
             "panic" => Action::Panic,
             "error" => Action::Error,
@@ -64,6 +85,9 @@ pub fn arm_from_env() {
 
 #[doc(hidden)]
 pub fn hit(name: &str) -> Option<std::io::Error> {
+    if !ANY_ARMED.load(Ordering::Relaxed) {
+        return None;
+    }
     let action = {
         let mut g = ARMED.lock().unwrap_or_else(|e| e.into_inner());
         let map = g.as_mut()?;

@@ -20,6 +20,8 @@ pub const MAX_BODY_LEN: usize = (1 << 30) + (1 << 20);
 
 /// Segment header `kind`: an ordinary log segment.
 pub const SEGMENT_KIND_LOG: u16 = 0;
+/// Segment header `kind`: written by compaction; holds copies of older records, sealed from birth.
+pub const SEGMENT_KIND_COMPACTED: u16 = 1;
 
 /// Record or batch-entry kind: a put.
 pub const KIND_PUT: u8 = 1;
@@ -37,7 +39,7 @@ pub const FLAG_EXPIRES: u8 = 0x80;
 pub struct SegmentHeader {
     /// The format version the segment was written with.
     pub version: u16,
-    /// [`SEGMENT_KIND_LOG`] for now.
+    /// [`SEGMENT_KIND_LOG`] or [`SEGMENT_KIND_COMPACTED`].
     pub kind: u16,
     /// The segment's id, equal to the number in its file name.
     pub segment_id: u64,
@@ -155,7 +157,12 @@ impl EncOp<'_> {
     /// Bytes this op takes after its kind byte (ns, lengths, fixed fields, key, value).
     fn fields_len(&self) -> usize {
         match *self {
-            EncOp::Put { key, value, expires_at, .. } => {
+            EncOp::Put {
+                key,
+                value,
+                expires_at,
+                ..
+            } => {
                 1 + varint_len(key.len() as u64)
                     + varint_len(value.len() as u64)
                     + if expires_at.is_some() { 8 } else { 0 }
@@ -169,7 +176,10 @@ impl EncOp<'_> {
 
     fn kind_byte(&self) -> u8 {
         match *self {
-            EncOp::Put { expires_at: Some(_), .. } => KIND_PUT | FLAG_EXPIRES,
+            EncOp::Put {
+                expires_at: Some(_),
+                ..
+            } => KIND_PUT | FLAG_EXPIRES,
             EncOp::Put { .. } => KIND_PUT,
             EncOp::Delete { .. } => KIND_DELETE,
             EncOp::Expire { .. } => KIND_EXPIRE,
@@ -179,7 +189,12 @@ impl EncOp<'_> {
     /// Writes the fields; returns the offset of the value (for puts) within `out`.
     fn write_fields(&self, out: &mut [u8], at: &mut usize) -> usize {
         match *self {
-            EncOp::Put { ns, key, value, expires_at } => {
+            EncOp::Put {
+                ns,
+                key,
+                value,
+                expires_at,
+            } => {
                 out[*at] = ns;
                 *at += 1;
                 put_varint(out, at, key.len() as u64);
@@ -199,7 +214,11 @@ impl EncOp<'_> {
                 put_bytes(out, at, key);
                 *at
             }
-            EncOp::Expire { ns, key, target_seq } => {
+            EncOp::Expire {
+                ns,
+                key,
+                target_seq,
+            } => {
                 out[*at] = ns;
                 *at += 1;
                 put_varint(out, at, key.len() as u64);
@@ -336,7 +355,9 @@ pub fn read_record(data: &[u8], offset: usize, segment_id: u64) -> Result<Record
         if crc == 0 {
             return Err(RecordError::End);
         }
-        return Err(RecordError::Corrupt(CorruptionKind::Malformed("zero body length")));
+        return Err(RecordError::Corrupt(CorruptionKind::Malformed(
+            "zero body length",
+        )));
     }
     if body > MAX_BODY_LEN || body > rest - RECORD_PREFIX {
         return Err(RecordError::Corrupt(CorruptionKind::Truncated));
@@ -346,14 +367,24 @@ pub fn read_record(data: &[u8], offset: usize, segment_id: u64) -> Result<Record
         return Err(RecordError::Corrupt(CorruptionKind::BadChecksum));
     }
     if body < 9 {
-        return Err(RecordError::Corrupt(CorruptionKind::Malformed("body shorter than kind and sequence")));
+        return Err(RecordError::Corrupt(CorruptionKind::Malformed(
+            "body shorter than kind and sequence",
+        )));
     }
     let kind = bytes[RECORD_PREFIX] & !FLAG_EXPIRES;
     if !(KIND_PUT..=KIND_BATCH).contains(&kind) {
-        return Err(RecordError::Corrupt(CorruptionKind::Malformed("unknown record kind")));
+        return Err(RecordError::Corrupt(CorruptionKind::Malformed(
+            "unknown record kind",
+        )));
     }
     let seq = u64_at(bytes, RECORD_PREFIX + 1);
-    Ok(Record { offset, len: bytes.len(), kind, seq, bytes })
+    Ok(Record {
+        offset,
+        len: bytes.len(),
+        kind,
+        seq,
+        bytes,
+    })
 }
 
 struct Cursor<'a> {
@@ -365,7 +396,10 @@ type DecodeResult<T> = Result<T, CorruptionKind>;
 
 impl<'a> Cursor<'a> {
     fn u8(&mut self) -> DecodeResult<u8> {
-        let v = *self.b.get(self.at).ok_or(CorruptionKind::Malformed("field past end of record"))?;
+        let v = *self
+            .b
+            .get(self.at)
+            .ok_or(CorruptionKind::Malformed("field past end of record"))?;
         self.at += 1;
         Ok(v)
     }
@@ -400,7 +434,16 @@ impl<'a> Cursor<'a> {
         let kind = kind_byte & !FLAG_EXPIRES;
         let ns = self.u8()?;
         let klen = self.len()?;
-        let mut op = Op { kind, seq, ns, key: &[], value: &[], value_offset: 0, expires_at: None, target_seq: 0 };
+        let mut op = Op {
+            kind,
+            seq,
+            ns,
+            key: &[],
+            value: &[],
+            value_offset: 0,
+            expires_at: None,
+            target_seq: 0,
+        };
         match kind {
             KIND_PUT => {
                 let vlen = self.len()?;
@@ -438,7 +481,10 @@ impl<'a> Record<'a> {
     /// Either all decode or none is returned.
     pub fn ops(&self, out: &mut Vec<Op<'a>>) -> DecodeResult<()> {
         out.clear();
-        let mut c = Cursor { b: self.bytes, at: RECORD_PREFIX + 9 };
+        let mut c = Cursor {
+            b: self.bytes,
+            at: RECORD_PREFIX + 9,
+        };
         let kind_byte = self.bytes[RECORD_PREFIX];
         if kind_byte == KIND_BATCH {
             let count = c.len()?;
@@ -446,20 +492,25 @@ impl<'a> Record<'a> {
             if count == 0 || count > (self.bytes.len() - c.at) / 3 {
                 return Err(CorruptionKind::Malformed("batch count out of range"));
             }
-            out.reserve(count);
+            out.reserve(count.min(1024));
             for i in 0..count as u64 {
                 let kb = c.u8()?;
                 if kb & !FLAG_EXPIRES == KIND_BATCH {
                     return Err(CorruptionKind::Malformed("batch inside a batch"));
                 }
-                let seq = self.seq.checked_add(i).ok_or(CorruptionKind::Malformed("sequence overflow"))?;
+                let seq = self
+                    .seq
+                    .checked_add(i)
+                    .ok_or(CorruptionKind::Malformed("sequence overflow"))?;
                 out.push(c.op(kb, seq)?);
             }
         } else {
             out.push(c.op(kind_byte, self.seq)?);
         }
         if c.at != self.bytes.len() {
-            return Err(CorruptionKind::Malformed("bytes left over after the last field"));
+            return Err(CorruptionKind::Malformed(
+                "bytes left over after the last field",
+            ));
         }
         Ok(())
     }
@@ -488,39 +539,91 @@ mod tests {
         for (i, (d, e)) in out.iter().zip(ops).enumerate() {
             assert_eq!(d.seq, 100 + i as u64);
             match *e {
-                EncOp::Put { ns, key, value, expires_at } => {
-                    assert_eq!((d.kind, d.ns, d.key, d.value, d.expires_at), (KIND_PUT, ns, key, value, expires_at));
+                EncOp::Put {
+                    ns,
+                    key,
+                    value,
+                    expires_at,
+                } => {
+                    assert_eq!(
+                        (d.kind, d.ns, d.key, d.value, d.expires_at),
+                        (KIND_PUT, ns, key, value, expires_at)
+                    );
                     assert_eq!(&buf[d.value_offset..d.value_offset + value.len()], value);
                     assert_eq!(offs[i], d.value_offset);
                 }
-                EncOp::Delete { ns, key } => assert_eq!((d.kind, d.ns, d.key), (KIND_DELETE, ns, key)),
-                EncOp::Expire { ns, key, target_seq } => {
-                    assert_eq!((d.kind, d.ns, d.key, d.target_seq), (KIND_EXPIRE, ns, key, target_seq))
+                EncOp::Delete { ns, key } => {
+                    assert_eq!((d.kind, d.ns, d.key), (KIND_DELETE, ns, key))
+                }
+                EncOp::Expire {
+                    ns,
+                    key,
+                    target_seq,
+                } => {
+                    assert_eq!(
+                        (d.kind, d.ns, d.key, d.target_seq),
+                        (KIND_EXPIRE, ns, key, target_seq)
+                    )
                 }
             }
         }
         // Bound to the segment: the same bytes fail under another id.
-        assert_eq!(read_record(&buf, 0, 8).unwrap_err(), RecordError::Corrupt(CorruptionKind::BadChecksum));
+        assert_eq!(
+            read_record(&buf, 0, 8).unwrap_err(),
+            RecordError::Corrupt(CorruptionKind::BadChecksum)
+        );
         // The zeros after it read as the end.
         assert_eq!(read_record(&buf, n, 7).unwrap_err(), RecordError::End);
     }
 
     #[test]
     fn records_roundtrip() {
-        roundtrip(&[EncOp::Put { ns: 0, key: b"k", value: b"v", expires_at: None }]);
-        roundtrip(&[EncOp::Put { ns: 3, key: &[1; 300], value: &[2; 70000], expires_at: Some(1 << 50) }]);
-        roundtrip(&[EncOp::Delete { ns: 0, key: b"gone" }]);
-        roundtrip(&[EncOp::Expire { ns: 1, key: b"old", target_seq: 99 }]);
+        roundtrip(&[EncOp::Put {
+            ns: 0,
+            key: b"k",
+            value: b"v",
+            expires_at: None,
+        }]);
+        roundtrip(&[EncOp::Put {
+            ns: 3,
+            key: &[1; 300],
+            value: &[2; 70000],
+            expires_at: Some(1 << 50),
+        }]);
+        roundtrip(&[EncOp::Delete {
+            ns: 0,
+            key: b"gone",
+        }]);
+        roundtrip(&[EncOp::Expire {
+            ns: 1,
+            key: b"old",
+            target_seq: 99,
+        }]);
         roundtrip(&[
-            EncOp::Put { ns: 0, key: b"a", value: b"1", expires_at: Some(5) },
+            EncOp::Put {
+                ns: 0,
+                key: b"a",
+                value: b"1",
+                expires_at: Some(5),
+            },
             EncOp::Delete { ns: 0, key: b"b" },
-            EncOp::Put { ns: 2, key: b"c", value: b"", expires_at: None },
+            EncOp::Put {
+                ns: 2,
+                key: b"c",
+                value: b"",
+                expires_at: None,
+            },
         ]);
     }
 
     #[test]
     fn header_roundtrip_and_damage() {
-        let h = SegmentHeader { version: 1, kind: 0, segment_id: 42, base_seq: 9 };
+        let h = SegmentHeader {
+            version: 1,
+            kind: 0,
+            segment_id: 42,
+            base_seq: 9,
+        };
         let mut b = h.encode();
         assert_eq!(SegmentHeader::decode(&b), Ok(h));
         b[20] ^= 1;
@@ -531,7 +634,12 @@ mod tests {
 
     #[test]
     fn every_truncation_and_bit_flip_is_caught() {
-        let ops = [EncOp::Put { ns: 0, key: b"key", value: b"value", expires_at: Some(77) }];
+        let ops = [EncOp::Put {
+            ns: 0,
+            key: b"key",
+            value: b"value",
+            expires_at: Some(77),
+        }];
         let n = record_len(&ops);
         let mut buf = vec![0u8; n];
         encode_record(&mut buf, 1, 5, &ops, &mut Vec::new());

@@ -66,7 +66,10 @@ const FREE: u64 = u64::MAX;
 
 impl Slot {
     fn key_range(&self) -> (usize, usize) {
-        ((self.key & ((1 << 48) - 1)) as usize, (self.key >> 48) as usize)
+        (
+            (self.key & ((1 << 48) - 1)) as usize,
+            (self.key >> 48) as usize,
+        )
     }
 }
 
@@ -94,7 +97,9 @@ impl Default for Index {
 
 impl std::fmt::Debug for Index {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Index").field("keys", &self.live).finish_non_exhaustive()
+        f.debug_struct("Index")
+            .field("keys", &self.live)
+            .finish_non_exhaustive()
     }
 }
 
@@ -117,13 +122,9 @@ impl Index {
     }
 
     /// Number of keys held (tombstones included during a bulk load).
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.live
-    }
-
-    /// True if no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.live == 0
     }
 
     fn hash_of(&self, ns: u8, key: &[u8]) -> u64 {
@@ -151,7 +152,9 @@ impl Index {
 
     fn find(&self, ns: u8, key: &[u8]) -> Option<u32> {
         let h = self.hash_of(ns, key);
-        self.hash.find(h, |&s| self.split_key(s) == (ns, key)).copied()
+        self.hash
+            .find(h, |&s| self.split_key(s) == (ns, key))
+            .copied()
     }
 
     /// The entry of a key.
@@ -167,7 +170,8 @@ impl Index {
         let hasher = self.hasher.clone();
         let slots = &self.slots;
         let arena = &self.arena;
-        self.hash.reserve(expected, |&s| rehash(&hasher, slots, arena, s));
+        self.hash
+            .reserve(expected, |&s| rehash(&hasher, slots, arena, s));
     }
 
     /// Ends a bulk load: drops every entry `keep` refuses, then builds the ordered list and the
@@ -225,7 +229,8 @@ impl Index {
         let hasher = self.hasher.clone();
         let slots = &self.slots;
         let arena = &self.arena;
-        self.hash.insert_unique(h, s, |&x| rehash(&hasher, slots, arena, x));
+        self.hash
+            .insert_unique(h, s, |&x| rehash(&hasher, slots, arena, x));
         if !self.bulk {
             self.ordered_insert(s, ns, key);
         }
@@ -286,7 +291,9 @@ impl Index {
 
     /// Index of the leaf that holds (or would hold) the key.
     fn leaf_for(&self, ns: u8, key: &[u8]) -> usize {
-        let n = self.leaves.partition_point(|leaf| self.cmp_slot(leaf[0], ns, key) != Ordering::Greater);
+        let n = self
+            .leaves
+            .partition_point(|leaf| self.cmp_slot(leaf[0], ns, key) != Ordering::Greater);
         n.saturating_sub(1)
     }
 
@@ -334,6 +341,30 @@ impl Index {
             let next = self.leaves.remove(li + 1);
             self.leaves[li].extend(next);
         }
+    }
+
+    /// Moves a key's entry to a copy of the same record (same sequence) elsewhere. False if the
+    /// key now holds another write.
+    pub fn repoint(
+        &mut self,
+        ns: u8,
+        key: &[u8],
+        seq: u64,
+        seg: u32,
+        rec_off: u32,
+        val_off: u32,
+    ) -> bool {
+        let Some(s) = self.find(ns, key) else {
+            return false;
+        };
+        let e = &mut self.slots[s as usize].entry;
+        if e.seq != seq {
+            return false;
+        }
+        e.seg = seg;
+        e.rec_off = rec_off;
+        e.val_off = val_off;
+        true
     }
 
     /// Calls `f(key, entry)` for the keys of namespace `ns` that start with `prefix` and sort
@@ -401,7 +432,9 @@ impl Index {
         let mut out = Vec::new();
         let mut seen = Vec::new();
         while out.len() < limit {
-            let Some(&Reverse((exp, seq, s))) = self.heap.peek() else { break };
+            let Some(&Reverse((exp, seq, s))) = self.heap.peek() else {
+                break;
+            };
             if exp > now {
                 break;
             }
@@ -489,7 +522,14 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn e(seq: u64, exp: u64) -> Entry {
-        Entry { seq, expires_at: exp, seg: 1, rec_off: seq as u32, val_off: 0, val_len: 0 }
+        Entry {
+            seq,
+            expires_at: exp,
+            seg: 1,
+            rec_off: seq as u32,
+            val_off: 0,
+            val_len: 0,
+        }
     }
 
     fn check_against(idx: &mut Index, model: &BTreeMap<(u8, Vec<u8>), Entry>) {
@@ -503,11 +543,18 @@ mod tests {
                 got.push((k.to_vec(), *en));
                 true
             });
-            let want: Vec<_> =
-                model.iter().filter(|((n, _), _)| *n == ns).map(|((_, k), v)| (k.clone(), *v)).collect();
+            let want: Vec<_> = model
+                .iter()
+                .filter(|((n, _), _)| *n == ns)
+                .map(|((_, k), v)| (k.clone(), *v))
+                .collect();
             assert_eq!(got, want);
         }
-        let min = model.values().filter(|v| v.expires_at != 0).map(|v| v.expires_at).min();
+        let min = model
+            .values()
+            .filter(|v| v.expires_at != 0)
+            .map(|v| v.expires_at)
+            .min();
         assert_eq!(idx.next_expiry(), min);
     }
 
@@ -550,7 +597,14 @@ mod tests {
             got.push(k.to_vec());
             got.len() < 3
         });
-        assert_eq!(got, vec![b"key00102".to_vec(), b"key00105".to_vec(), b"key00108".to_vec()]);
+        assert_eq!(
+            got,
+            vec![
+                b"key00102".to_vec(),
+                b"key00105".to_vec(),
+                b"key00108".to_vec()
+            ]
+        );
     }
 
     #[test]
@@ -558,7 +612,10 @@ mod tests {
         let mut idx = Index::new();
         idx.begin_bulk(100);
         for i in (0..100u64).rev() {
-            let en = Entry { seg: if i % 10 == 0 { TOMBSTONE } else { 1 }, ..e(i + 1, 0) };
+            let en = Entry {
+                seg: if i % 10 == 0 { TOMBSTONE } else { 1 },
+                ..e(i + 1, 0)
+            };
             idx.upsert(1, format!("{i:03}").as_bytes(), en);
         }
         idx.finish_bulk(|_, _, en| !en.is_tombstone());

@@ -29,29 +29,44 @@
 
 mod background;
 mod batch;
+pub mod cache;
 mod clock;
+mod compaction;
 mod error;
+mod expiry;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod format;
+mod hint;
 mod index;
+pub mod inspect;
 mod macros;
 mod options;
+pub mod queue;
 mod recovery;
 mod segment;
 mod state;
 pub mod storage;
 mod store;
+pub mod thread;
 mod writer;
 
 pub use batch::{Expiry, WriteBatch};
+pub use cache::{Cache, CacheError, CacheOptions, CacheStats, CachedValue, Lookup};
 pub use clock::{Clock, ManualClock, SystemClock, Waker};
+pub use compaction::CompactionReport;
 pub use error::{CorruptionKind, Error, Result};
+pub use expiry::ExpiredKey;
 pub use options::{
-    DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Options, RecoveryMode, SyncPolicy, TtlPolicy,
+    DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_SIZE, MIN_SEGMENT_SIZE, Options, RecoveryMode, SyncPolicy,
+    TtlPolicy,
+};
+pub use queue::{
+    DeadLetter, PushOptions, Queue, QueueOptions, QueueStats, Task, TaskId, TaskInfo, TaskState,
 };
 pub use recovery::RecoveryReport;
 pub use store::{Item, Keyspace, Namespace, Scan, Stats, Store, Value};
+pub use thread::{Message, Stream, Thread, ThreadOptions};
 
 /// The longest key accepted, in bytes. Keys must not be empty.
 pub const MAX_KEY_LEN: usize = 65_000;

@@ -58,6 +58,8 @@ pub struct Options {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) storage: Arc<dyn Storage>,
     pub(crate) verify_reads: bool,
+    pub(crate) compaction_threshold: f64,
+    pub(crate) background: bool,
 }
 
 impl fmt::Debug for Options {
@@ -69,6 +71,8 @@ impl fmt::Debug for Options {
             .field("ttl", &self.ttl)
             .field("clock", &self.clock)
             .field("verify_reads", &self.verify_reads)
+            .field("compaction_threshold", &self.compaction_threshold)
+            .field("background", &self.background)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +94,8 @@ impl Default for Options {
             clock: Arc::new(SystemClock),
             storage: Arc::new(OsStorage),
             verify_reads: true,
+            compaction_threshold: 0.5,
+            background: true,
         }
     }
 }
@@ -146,6 +152,20 @@ impl Options {
         self
     }
 
+    /// Dead fraction (`0.0..=1.0`) at which a sealed segment is rewritten by compaction. Default
+    /// 0.5. Segments with no live data at all are dropped whole whatever this is.
+    pub fn compaction_threshold(mut self, fraction: f64) -> Self {
+        self.compaction_threshold = fraction;
+        self
+    }
+
+    /// Run the background expirer and compactor (default: true). Without them expired keys still
+    /// read as absent, and [`crate::Store::compact`] does the same work on demand.
+    pub fn background_threads(mut self, on: bool) -> Self {
+        self.background = on;
+        self
+    }
+
     /// The file system. Default: [`OsStorage`]. For tests that inject faults or simulate power
     /// loss; not part of the stable API.
     #[doc(hidden)]
@@ -162,8 +182,17 @@ impl Options {
                 self.segment_size
             ));
         }
+        if !(0.0..=1.0).contains(&self.compaction_threshold) {
+            return bad(format!(
+                "compaction_threshold {} is outside 0.0..=1.0",
+                self.compaction_threshold
+            ));
+        }
         if !(0.0..=1.0).contains(&self.ttl.jitter) {
-            return bad(format!("ttl_jitter {} is outside 0.0..=1.0", self.ttl.jitter));
+            return bad(format!(
+                "ttl_jitter {} is outside 0.0..=1.0",
+                self.ttl.jitter
+            ));
         }
         if let SyncPolicy::Interval(d) = self.sync {
             if d.is_zero() {

@@ -1,7 +1,7 @@
 //! Segment files: naming, creating, mapping, and the per-segment space accounting.
 
 use crate::error::{Error, Result};
-use crate::format::{self, SegmentHeader, HEADER_LEN};
+use crate::format::{self, HEADER_LEN, SegmentHeader};
 use crate::storage::{self, Mapping, OpenMode, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -54,19 +54,35 @@ impl Segment {
         size: u64,
     ) -> Result<Segment> {
         let path = dir.join(file_name(id));
-        let file = storage.open(&path, OpenMode::CreateNew).map_err(|e| Error::io("create", &path, e))?;
+        let file = storage
+            .open(&path, OpenMode::CreateNew)
+            .map_err(|e| Error::io("create", &path, e))?;
         let result = (|| {
-            file.allocate(size).map_err(|e| Error::io("fallocate", &path, e))?;
-            let header = SegmentHeader { version: format::FORMAT_VERSION, kind: format::SEGMENT_KIND_LOG, segment_id: id, base_seq };
-            file.write_all_at(&header.encode(), 0).map_err(|e| Error::io("write", &path, e))?;
+            file.allocate(size)
+                .map_err(|e| Error::io("fallocate", &path, e))?;
+            let header = SegmentHeader {
+                version: format::FORMAT_VERSION,
+                kind: format::SEGMENT_KIND_LOG,
+                segment_id: id,
+                base_seq,
+            };
+            file.write_all_at(&header.encode(), 0)
+                .map_err(|e| Error::io("write", &path, e))?;
             crate::failpoint!("segment.create.before_sync");
             file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
             let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
-            let map = file.map(len as usize, true).map_err(|e| Error::io("mmap", &path, e))?;
+            let map = file
+                .map(len as usize, true)
+                .map_err(|e| Error::io("mmap", &path, e))?;
             Ok(map)
         })();
         match result {
-            Ok(map) => Ok(Segment { id, path, file, map }),
+            Ok(map) => Ok(Segment {
+                id,
+                path,
+                file,
+                map,
+            }),
             Err(e) => {
                 // Leave nothing half-made behind; a failure to remove is reported by the next open.
                 let _ = storage.remove_file(&path);
@@ -78,18 +94,38 @@ impl Segment {
     /// Opens an existing segment, mapping `len` bytes (its current length when `None`).
     pub fn open(storage: &dyn Storage, dir: &Path, id: u64, writable: bool) -> Result<Segment> {
         let path = dir.join(file_name(id));
-        let mode = if writable { OpenMode::ReadWrite } else { OpenMode::Read };
-        let file = storage.open(&path, mode).map_err(|e| Error::io("open", &path, e))?;
+        let mode = if writable {
+            OpenMode::ReadWrite
+        } else {
+            OpenMode::Read
+        };
+        let file = storage
+            .open(&path, mode)
+            .map_err(|e| Error::io("open", &path, e))?;
         let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
-        let len = usize::try_from(len).map_err(|_| Error::corrupt(id, 0, crate::CorruptionKind::Truncated))?;
-        let map = file.map(len, writable).map_err(|e| Error::io("mmap", &path, e))?;
-        Ok(Segment { id, path, file, map })
+        let len = usize::try_from(len)
+            .map_err(|_| Error::corrupt(id, 0, crate::CorruptionKind::Truncated))?;
+        let map = file
+            .map(len, writable)
+            .map_err(|e| Error::io("mmap", &path, e))?;
+        Ok(Segment {
+            id,
+            path,
+            file,
+            map,
+        })
     }
 
     /// Maps the file again at its current length (after it was extended).
     pub fn remap(&mut self, writable: bool) -> Result<()> {
-        let len = self.file.len().map_err(|e| Error::io("stat", &self.path, e))?;
-        self.map = self.file.map(len as usize, writable).map_err(|e| Error::io("mmap", &self.path, e))?;
+        let len = self
+            .file
+            .len()
+            .map_err(|e| Error::io("stat", &self.path, e))?;
+        self.map = self
+            .file
+            .map(len as usize, writable)
+            .map_err(|e| Error::io("mmap", &self.path, e))?;
         Ok(())
     }
 
@@ -122,6 +158,16 @@ pub struct SegmentInfo {
     pub has_persistent: bool,
     /// False for the active segment.
     pub sealed: bool,
+    /// [`format::SEGMENT_KIND_LOG`] or [`format::SEGMENT_KIND_COMPACTED`].
+    pub kind: u16,
+    /// Smallest sequence of any op in it (`u64::MAX` when empty).
+    pub min_seq: u64,
+    /// Largest sequence of any op in it (0 when empty).
+    pub max_seq: u64,
+    /// True once a valid hint file exists for it.
+    pub has_hint: bool,
+    /// Hashes of every key it holds a record for, built when compaction first needs them.
+    pub key_filter: Option<Arc<Vec<u32>>>,
 }
 
 impl SegmentInfo {
@@ -136,13 +182,42 @@ impl SegmentInfo {
             max_expiry: 0,
             has_persistent: false,
             sealed: false,
+            kind: format::SEGMENT_KIND_LOG,
+            min_seq: u64::MAX,
+            max_seq: 0,
+            has_hint: false,
+            key_filter: None,
         }
+    }
+
+    /// Notes that an op with sequence `seq` lives here.
+    pub fn saw_seq(&mut self, seq: u64) {
+        self.min_seq = self.min_seq.min(seq);
+        self.max_seq = self.max_seq.max(seq);
+    }
+
+    /// Fraction of its record bytes that no longer hold a live value (tombstones count as dead).
+    pub fn dead_ratio(&self) -> f64 {
+        if self.data_bytes == 0 {
+            return 0.0;
+        }
+        1.0 - (self.live_bytes.min(self.data_bytes) as f64 / self.data_bytes as f64)
     }
 
     /// Offset one past the last record.
     pub fn end(&self) -> usize {
         HEADER_LEN + self.data_bytes as usize
     }
+}
+
+/// The hash of a key used in [`SegmentInfo::key_filter`] (FNV-1a, truncated).
+pub fn key_hash(ns: u8, key: &[u8]) -> u32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in std::iter::once(&ns).chain(key) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h ^ (h >> 32)) as u32
 }
 
 /// The bytes a put of this shape is accounted as in [`SegmentInfo::live_bytes`].

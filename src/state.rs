@@ -2,9 +2,9 @@
 //! that applies a logged operation to them, shared by the write path and by recovery so that both
 //! always agree.
 
-use crate::format::{Op, KIND_DELETE, KIND_EXPIRE, KIND_PUT};
+use crate::format::{KIND_DELETE, KIND_EXPIRE, KIND_PUT, Op};
 use crate::index::{Entry, Index, TOMBSTONE};
-use crate::segment::{put_cost, SegmentInfo};
+use crate::segment::{SegmentInfo, put_cost};
 use std::collections::BTreeMap;
 
 /// Everything readers look at, behind the store's `RwLock`.
@@ -29,7 +29,12 @@ pub enum Applied {
 }
 
 fn tombstone_cost(op: &Op<'_>) -> u64 {
-    (crate::format::RECORD_PREFIX + 1 + 8 + 1 + crate::format::varint_len(op.key.len() as u64) + op.key.len()) as u64
+    (crate::format::RECORD_PREFIX
+        + 1
+        + 8
+        + 1
+        + crate::format::varint_len(op.key.len() as u64)
+        + op.key.len()) as u64
         + if op.kind == KIND_EXPIRE { 8 } else { 0 }
 }
 
@@ -52,6 +57,9 @@ impl State {
     /// [`State::finish_replay`]) so that an older put replayed later cannot resurrect the key.
     pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
         let current = self.index.get(op.ns, op.key).copied();
+        if let Some(info) = self.segments.get_mut(&seg) {
+            info.saw_seq(op.seq);
+        }
         if replay && current.is_some_and(|c| c.seq >= op.seq) {
             if op.kind != KIND_PUT {
                 self.add_tombstone_bytes(seg, op);
@@ -73,26 +81,38 @@ impl State {
                     self.account_removed(op.key.len(), o);
                 }
                 if let Some(info) = self.segments.get_mut(&seg) {
-                    info.live_bytes += put_cost(op.key.len(), op.value.len(), op.expires_at.is_some());
+                    info.live_bytes +=
+                        put_cost(op.key.len(), op.value.len(), op.expires_at.is_some());
                     info.live_keys += 1;
                     match op.expires_at {
                         Some(e) => info.max_expiry = info.max_expiry.max(e),
                         None => info.has_persistent = true,
                     }
                 }
-                Applied::Changed { old: old.filter(|o| !o.is_tombstone()) }
+                Applied::Changed {
+                    old: old.filter(|o| !o.is_tombstone()),
+                }
             }
             KIND_DELETE | KIND_EXPIRE => {
                 self.add_tombstone_bytes(seg, op);
                 let Some(cur) = current.filter(|c| !c.is_tombstone()) else {
-                    return if op.kind == KIND_DELETE && replay {
+                    // Replay may meet a tombstone before the put it removes (compaction output
+                    // is replayed after newer segments): remember the removal either way.
+                    return if replay {
                         self.index.upsert(op.ns, op.key, tomb(op.seq));
                         Applied::Changed { old: None }
                     } else {
                         Applied::Stale
                     };
                 };
-                if op.kind == KIND_EXPIRE && cur.seq != op.target_seq {
+                // An expire removes exactly the write it names; a newer write survives it. During
+                // replay an older current entry (its target not replayed yet) is removed too.
+                let stale_expire = if replay {
+                    cur.seq > op.target_seq
+                } else {
+                    cur.seq != op.target_seq
+                };
+                if op.kind == KIND_EXPIRE && stale_expire {
                     return Applied::Stale;
                 }
                 self.account_removed(op.key.len(), &cur);
@@ -113,27 +133,21 @@ impl State {
         }
     }
 
-    /// Ends replay: drops tombstones and keys already expired at `now`, builds the ordered index
-    /// and the expiry heap.
-    pub fn finish_replay(&mut self, now: u64) {
-        let segments = &mut self.segments;
-        self.index.finish_bulk(|_, key, e| {
-            if e.is_tombstone() {
-                return false;
-            }
-            if e.is_expired(now) {
-                if let Some(info) = segments.get_mut(&e.seg) {
-                    let cost = put_cost(key.len(), e.val_len as usize, true);
-                    info.live_bytes = info.live_bytes.saturating_sub(cost);
-                    info.live_keys = info.live_keys.saturating_sub(1);
-                }
-                return false;
-            }
-            true
-        });
+    /// Ends replay: drops tombstones, builds the ordered index and the expiry heap. Keys already
+    /// expired stay (reads never serve them): the expirer logs their expiry and reports them, so
+    /// that a key whose deadline passed while the process was down is still notified.
+    pub fn finish_replay(&mut self) {
+        self.index.finish_bulk(|_, _, e| !e.is_tombstone());
     }
 }
 
 fn tomb(seq: u64) -> Entry {
-    Entry { seq, expires_at: 0, seg: TOMBSTONE, rec_off: 0, val_off: 0, val_len: 0 }
+    Entry {
+        seq,
+        expires_at: 0,
+        seg: TOMBSTONE,
+        rec_off: 0,
+        val_off: 0,
+        val_len: 0,
+    }
 }

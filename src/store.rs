@@ -1,9 +1,11 @@
 //! [`Store`]: the public face of the engine.
 
-use crate::background::{Inbox, Woke, Worker};
+use crate::background::{Inbox, Msg, Woke, Worker};
 use crate::batch::{BatchOp, Expiry, WriteBatch};
-use crate::clock::{duration_ms, Clock, Waker};
+use crate::clock::{Clock, Waker, duration_ms};
+use crate::compaction::{self, CompactionReport};
 use crate::error::{Error, Result};
+use crate::expiry::{self, ExpiredKey, Notifier};
 use crate::format::{self, EncOp};
 use crate::index::Entry;
 use crate::options::{Options, SyncPolicy};
@@ -19,7 +21,8 @@ use std::fmt;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
 /// A namespace: a separate keyspace in the same store. User keys written through [`Store`] live
@@ -42,7 +45,9 @@ impl Namespace {
     /// An application namespace, `16..=255`.
     pub fn custom(id: u8) -> Result<Namespace> {
         if id < 16 {
-            return Err(Error::InvalidArgument { what: format!("namespace {id} is reserved; use 16..=255") });
+            return Err(Error::InvalidArgument {
+                what: format!("namespace {id} is reserved; use 16..=255"),
+            });
         }
         Ok(Namespace(id))
     }
@@ -162,6 +167,16 @@ pub struct Stats {
     pub index_memory_bytes: u64,
     /// True once a failure has poisoned the store.
     pub poisoned: bool,
+    /// Bytes appended to the log since open (writes and expire records).
+    pub bytes_appended: u64,
+    /// Bytes of segments and hints written by compaction since open.
+    pub compaction_bytes_written: u64,
+    /// Keys expired by the expirer since open.
+    pub expired_keys: u64,
+    /// Expiry notifications dropped because nobody subscribed and the backlog was full.
+    pub notifications_dropped: u64,
+    /// The last error of a background compaction pass, if any.
+    pub last_compaction_error: Option<String>,
 }
 
 pub(crate) struct Inner {
@@ -172,6 +187,13 @@ pub(crate) struct Inner {
     pub(crate) poison: Arc<Poison>,
     report: RecoveryReport,
     rng: AtomicU64,
+    pub(crate) notifier: Notifier,
+    pub(crate) expired_total: AtomicU64,
+    pub(crate) expirer_deadline: AtomicU64,
+    expirer_tx: OnceLock<Sender<Msg>>,
+    pub(crate) compaction_lock: Mutex<()>,
+    pub(crate) compaction_bytes: AtomicU64,
+    last_compaction_error: Mutex<Option<String>>,
     closed: AtomicBool,
     close_wakers: Mutex<Vec<std::sync::Weak<Waker>>>,
     extensions: Mutex<HashMap<(TypeId, String), Arc<dyn Any + Send + Sync>>>,
@@ -180,7 +202,9 @@ pub(crate) struct Inner {
 
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -195,7 +219,8 @@ impl Drop for Guard {
     fn drop(&mut self) {
         let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
         drop(workers);
-        if matches!(self.inner.log.policy(), SyncPolicy::Interval(_)) && !self.inner.poison.is_set() {
+        if matches!(self.inner.log.policy(), SyncPolicy::Interval(_)) && !self.inner.poison.is_set()
+        {
             // Like Redis at shutdown: what was written reaches the disk. A failure here has no
             // caller to report to; `Store::close` reports it.
             let _ = self.inner.log.sync_all();
@@ -238,7 +263,10 @@ fn check_key(key: &[u8]) -> Result<()> {
 
 fn check_value(value: &[u8]) -> Result<()> {
     if value.len() > MAX_VALUE_LEN {
-        return Err(Error::ValueTooLarge { len: value.len(), max: MAX_VALUE_LEN });
+        return Err(Error::ValueTooLarge {
+            len: value.len(),
+            max: MAX_VALUE_LEN,
+        });
     }
     Ok(())
 }
@@ -267,6 +295,7 @@ impl Store {
             rec.active,
             rec.tail,
             rec.next_seq,
+            rec.next_segment_id,
             poison.clone(),
         );
         let seed = opts.clock.now_ms() ^ (Arc::as_ptr(&poison) as u64).rotate_left(32);
@@ -278,6 +307,13 @@ impl Store {
             poison,
             report: rec.report,
             rng: AtomicU64::new(seed),
+            notifier: Notifier::default(),
+            expired_total: AtomicU64::new(0),
+            expirer_deadline: AtomicU64::new(0),
+            expirer_tx: OnceLock::new(),
+            compaction_lock: Mutex::new(()),
+            compaction_bytes: AtomicU64::new(0),
+            last_compaction_error: Mutex::new(None),
             closed: AtomicBool::new(false),
             close_wakers: Mutex::new(Vec::new()),
             extensions: Mutex::new(HashMap::new()),
@@ -286,9 +322,28 @@ impl Store {
         let mut workers = Vec::new();
         if let SyncPolicy::Interval(every) = inner.opts.sync {
             let w = inner.clone();
-            let worker = Worker::spawn("sync", inner.poison.clone(), move |inbox| sync_worker(&w, &inbox, every))
-                .map_err(|e| Error::io("spawn thread", &inner.dir, e))?;
+            let worker = Worker::spawn("sync", inner.poison.clone(), move |inbox| {
+                sync_worker(&w, &inbox, every)
+            })
+            .map_err(|e| Error::io("spawn thread", &inner.dir, e))?;
             workers.push(worker);
+        }
+        if inner.opts.background {
+            let w = inner.clone();
+            let expirer = Worker::spawn("expirer", inner.poison.clone(), move |inbox| {
+                expiry::worker(&w, &inbox)
+            })
+            .map_err(|e| Error::io("spawn thread", &inner.dir, e))?;
+            let _ = inner.expirer_tx.set(expirer.waker());
+            workers.push(expirer);
+            let w = inner.clone();
+            let compactor = Worker::spawn("compactor", inner.poison.clone(), move |inbox| {
+                compactor_worker(&w, &inbox)
+            })
+            .map_err(|e| Error::io("spawn thread", &inner.dir, e))?;
+            let _ = inner.log.on_seal.set(compactor.waker());
+            compactor.wake();
+            workers.push(compactor);
         }
         let wakers: Vec<_> = workers.iter().map(Worker::waker).collect();
         let clock_waker: Option<Arc<Waker>> = if wakers.is_empty() {
@@ -303,13 +358,23 @@ impl Store {
             inner.opts.clock.register(Arc::downgrade(&w));
             Some(w)
         };
-        let guard = Arc::new(Guard { inner: inner.clone(), workers: Mutex::new(workers), _clock_waker: clock_waker });
-        Ok(Store { inner, _guard: guard })
+        let guard = Arc::new(Guard {
+            inner: inner.clone(),
+            workers: Mutex::new(workers),
+            _clock_waker: clock_waker,
+        });
+        Ok(Store {
+            inner,
+            _guard: guard,
+        })
     }
 
     /// A view of this store in another namespace.
     pub fn namespace(&self, ns: Namespace) -> Keyspace {
-        Keyspace { store: self.clone(), ns: ns.0 }
+        Keyspace {
+            store: self.clone(),
+            ns: ns.0,
+        }
     }
 
     /// Sets `key` to `value`, with the store's default TTL if one is configured.
@@ -392,6 +457,30 @@ impl Store {
         self.inner.log.sync_all()
     }
 
+    /// A receiver of the keys that expire from now on (and, for the first subscriber, those that
+    /// expired while nobody was subscribed). At-least-once across crashes; a delete or a TTL of
+    /// zero is not an expiry, and a key re-written before its expiry is processed is not reported.
+    pub fn subscribe_expired(&self) -> Receiver<ExpiredKey> {
+        self.inner.notifier.subscribe()
+    }
+
+    /// Runs expiry and compaction now and reports what they did: every due key is expired, hint
+    /// files are written, dead segments dropped, and segments past the dead-ratio threshold
+    /// rewritten (one bounded group per call).
+    pub fn compact(&self) -> Result<CompactionReport> {
+        let mut expired = 0;
+        loop {
+            let n = expiry::expire_due(&self.inner, expiry::EXPIRE_BATCH)?;
+            if n == 0 {
+                break;
+            }
+            expired += n as u64;
+        }
+        let mut report = compaction::run(&self.inner)?;
+        report.expired_keys = expired;
+        Ok(report)
+    }
+
     /// Figures about the store.
     pub fn stats(&self) -> Stats {
         self.inner.stats()
@@ -429,7 +518,13 @@ impl Store {
             self.inner.log.sync_all()
         };
         self.inner.closed.store(true, Ordering::SeqCst);
-        let wakers: Vec<_> = self.inner.close_wakers.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let wakers: Vec<_> = self
+            .inner
+            .close_wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
         for w in wakers.iter().filter_map(std::sync::Weak::upgrade) {
             w();
         }
@@ -445,16 +540,28 @@ impl Store {
     /// Registers a callback that [`Store::close`] runs, held weakly (drop the `Arc` to
     /// unregister). For layers whose calls block (queue pops, thread streams).
     pub fn on_close(&self, waker: std::sync::Weak<Waker>) {
-        self.inner.close_wakers.lock().unwrap_or_else(|e| e.into_inner()).push(waker);
+        self.inner
+            .close_wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(waker);
     }
 
     /// Shared state for a layer built on this store (a queue's lease table, a thread's waiters),
     /// one value per type and `name`, created by `init` on first use and shared by every handle
     /// of this open store afterwards. The value must not hold a [`Store`] (that would keep the
     /// store open forever); handles hold the store and the `Arc` side by side.
-    pub fn extension<T: Any + Send + Sync>(&self, name: &str, init: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+    pub fn extension<T: Any + Send + Sync>(
+        &self,
+        name: &str,
+        init: impl FnOnce() -> Result<T>,
+    ) -> Result<Arc<T>> {
         let key = (TypeId::of::<T>(), name.to_string());
-        let mut map = self.inner.extensions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self
+            .inner
+            .extensions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(v) = map.get(&key) {
             if let Ok(t) = v.clone().downcast::<T>() {
                 return Ok(t);
@@ -493,7 +600,9 @@ impl Keyspace {
     }
     /// See [`Store::put_with_ttl`].
     pub fn put_with_ttl(&self, key: &[u8], value: &[u8], ttl: Duration) -> Result<()> {
-        self.store.inner.put(self.ns, key, value, Expiry::After(ttl))
+        self.store
+            .inner
+            .put(self.ns, key, value, Expiry::After(ttl))
     }
     /// Sets `key` with an explicit expiry rule (no default TTL applied unless `Expiry::Default`).
     pub fn put_with(&self, key: &[u8], value: &[u8], expiry: Expiry) -> Result<()> {
@@ -548,7 +657,10 @@ impl Inner {
 
     fn next_random(&self) -> u64 {
         // splitmix64
-        let mut z = self.rng.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self
+            .rng
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^ (z >> 31)
@@ -580,7 +692,35 @@ impl Inner {
         }
     }
 
-    fn commit(&self, w: &mut WriterGuard<'_>, ops: &[EncOp<'_>], applied: &mut Vec<Applied>) -> Result<u64> {
+    fn commit(
+        &self,
+        w: &mut WriterGuard<'_>,
+        ops: &[EncOp<'_>],
+        applied: &mut Vec<Applied>,
+    ) -> Result<u64> {
+        let pos = self.commit_internal(w, ops, applied)?;
+        let earliest = ops
+            .iter()
+            .filter_map(|op| match op {
+                EncOp::Put { expires_at, .. } => *expires_at,
+                _ => None,
+            })
+            .min();
+        if earliest.is_some_and(|e| e < self.expirer_deadline.load(Ordering::Relaxed)) {
+            if let Some(tx) = self.expirer_tx.get() {
+                let _ = tx.send(Msg::Wake);
+            }
+        }
+        Ok(pos)
+    }
+
+    /// Appends without waking the expirer (the expirer's own writes).
+    pub(crate) fn commit_internal(
+        &self,
+        w: &mut WriterGuard<'_>,
+        ops: &[EncOp<'_>],
+        applied: &mut Vec<Applied>,
+    ) -> Result<u64> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
@@ -594,7 +734,12 @@ impl Inner {
         let mut w = self.log.lock()?;
         let now = self.opts.clock.now_ms();
         let op = match self.resolve(expiry, now) {
-            Ok(expires_at) => EncOp::Put { ns, key, value, expires_at },
+            Ok(expires_at) => EncOp::Put {
+                ns,
+                key,
+                value,
+                expires_at,
+            },
             Err(()) => {
                 if self.live_entry(ns, key, now).is_none() {
                     return Ok(());
@@ -608,35 +753,55 @@ impl Inner {
     }
 
     fn live_entry(&self, ns: u8, key: &[u8], now: u64) -> Option<Entry> {
-        self.read_state().index.get(ns, key).copied().filter(|e| !e.is_expired(now))
+        self.read_state()
+            .index
+            .get(ns, key)
+            .copied()
+            .filter(|e| !e.is_expired(now))
     }
 
     fn value_of(&self, st: &State, e: &Entry) -> Result<Value> {
-        let info = st.segments.get(&e.seg).ok_or(Error::corrupt(u64::from(e.seg), 0, crate::CorruptionKind::Malformed("index points at a missing segment")))?;
+        let info = st.segments.get(&e.seg).ok_or(Error::corrupt(
+            u64::from(e.seg),
+            0,
+            crate::CorruptionKind::Malformed("index points at a missing segment"),
+        ))?;
         let seg = info.seg.clone();
         if self.opts.verify_reads {
             let data = seg.bytes(0, info.end());
             if let Err(err) = format::read_record(data, e.rec_off as usize, seg.id) {
                 let kind = match err {
                     format::RecordError::Corrupt(k) => k,
-                    format::RecordError::End => crate::CorruptionKind::Malformed("index points past the data"),
+                    format::RecordError::End => {
+                        crate::CorruptionKind::Malformed("index points past the data")
+                    }
                 };
                 return Err(Error::corrupt(seg.id, u64::from(e.rec_off), kind));
             }
         }
-        Ok(Value { seg, start: e.val_off as usize, len: e.val_len as usize })
+        Ok(Value {
+            seg,
+            start: e.val_off as usize,
+            len: e.val_len as usize,
+        })
     }
 
     fn get(&self, ns: u8, key: &[u8]) -> Result<Option<Item>> {
         check_key(key)?;
         let now = self.opts.clock.now_ms();
         let st = self.read_state();
-        let Some(e) = st.index.get(ns, key).copied() else { return Ok(None) };
+        let Some(e) = st.index.get(ns, key).copied() else {
+            return Ok(None);
+        };
         if e.is_expired(now) {
             return Ok(None);
         }
         let value = self.value_of(&st, &e)?;
-        Ok(Some(Item { value, expires_at: (e.expires_at != 0).then_some(e.expires_at), seq: e.seq }))
+        Ok(Some(Item {
+            value,
+            expires_at: (e.expires_at != 0).then_some(e.expires_at),
+            seq: e.seq,
+        }))
     }
 
     fn contains(&self, ns: u8, key: &[u8]) -> Result<bool> {
@@ -671,7 +836,9 @@ impl Inner {
         let mut applied = Vec::with_capacity(1);
         let mut w = self.log.lock()?;
         let now = self.opts.clock.now_ms();
-        let Some(e) = self.live_entry(ns, key, now) else { return Ok(false) };
+        let Some(e) = self.live_entry(ns, key, now) else {
+            return Ok(false);
+        };
         let new_expiry = match self.resolve(expiry, now) {
             Ok(x) => x,
             Err(()) => {
@@ -690,7 +857,12 @@ impl Inner {
             let st = self.read_state();
             self.value_of(&st, &e)?.to_vec()
         };
-        let op = EncOp::Put { ns, key, value: &value, expires_at: new_expiry };
+        let op = EncOp::Put {
+            ns,
+            key,
+            value: &value,
+            expires_at: new_expiry,
+        };
         let pos = self.commit(&mut w, &[op], &mut applied)?;
         drop(w);
         self.log.wait_durable(pos)?;
@@ -713,21 +885,40 @@ impl Inner {
         let ops: Vec<EncOp<'_>> = batch
             .ops
             .iter()
-            .map(|op: &BatchOp| match (&op.value, self.resolve(op.expiry, now)) {
-                (Some(value), Ok(expires_at)) => EncOp::Put { ns: op.ns, key: &op.key, value, expires_at },
-                _ => EncOp::Delete { ns: op.ns, key: &op.key },
-            })
+            .map(
+                |op: &BatchOp| match (&op.value, self.resolve(op.expiry, now)) {
+                    (Some(value), Ok(expires_at)) => EncOp::Put {
+                        ns: op.ns,
+                        key: &op.key,
+                        value,
+                        expires_at,
+                    },
+                    _ => EncOp::Delete {
+                        ns: op.ns,
+                        key: &op.key,
+                    },
+                },
+            )
             .collect();
         let len = format::record_len(&ops);
         if len > MAX_BATCH_BYTES {
-            return Err(Error::BatchTooLarge { len, max: MAX_BATCH_BYTES });
+            return Err(Error::BatchTooLarge {
+                len,
+                max: MAX_BATCH_BYTES,
+            });
         }
         let pos = self.commit(&mut w, &ops, &mut applied)?;
         drop(w);
         self.log.wait_durable(pos)
     }
 
-    pub(crate) fn keys(&self, ns: u8, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Vec<(Vec<u8>, Option<u64>)> {
+    pub(crate) fn keys(
+        &self,
+        ns: u8,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Option<u64>)> {
         let now = self.opts.clock.now_ms();
         let st = self.read_state();
         let mut out = Vec::new();
@@ -743,7 +934,10 @@ impl Inner {
     fn stats(&self) -> Stats {
         let now = self.opts.clock.now_ms();
         let st = self.read_state();
-        let mut s = Stats { segments: st.segments.len(), ..Stats::default() };
+        let mut s = Stats {
+            segments: st.segments.len(),
+            ..Stats::default()
+        };
         st.index.for_each(|_, _, e| {
             if e.is_expired(now) {
                 s.expired_pending += 1;
@@ -755,16 +949,48 @@ impl Inner {
             }
         });
         for info in st.segments.values() {
-            s.disk_bytes += if info.sealed { info.end() as u64 } else { info.seg.map.len() as u64 };
+            s.disk_bytes += if info.sealed {
+                info.end() as u64
+            } else {
+                info.seg.map.len() as u64
+            };
             s.data_bytes += info.data_bytes;
             s.live_bytes += info.live_bytes;
         }
         s.index_memory_bytes = st.index.memory_bytes() as u64;
         drop(st);
         s.next_seq = self.log.position().2;
+        s.bytes_appended = self.log.appended();
+        s.compaction_bytes_written = self.compaction_bytes.load(Ordering::Relaxed);
+        s.expired_keys = self.expired_total.load(Ordering::Relaxed);
+        s.notifications_dropped = self.notifier.dropped();
+        s.last_compaction_error = self
+            .last_compaction_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         s.syncs = self.log.syncs.load(Ordering::Relaxed);
         s.poisoned = self.poison.is_set();
         s
+    }
+}
+
+fn compactor_worker(inner: &Inner, inbox: &Inbox) {
+    loop {
+        if inbox.wait(Some(Duration::from_secs(10))) == Woke::Stop {
+            return;
+        }
+        if inner.poison.is_set() || inner.closed.load(Ordering::SeqCst) {
+            continue;
+        }
+        if let Err(e) = compaction::run(inner) {
+            // Corruption or I/O trouble in a sealed segment: compaction leaves that segment alone
+            // and tries again later; the error is kept for `Stats`.
+            *inner
+                .last_compaction_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }
     }
 }
 
@@ -795,7 +1021,10 @@ pub struct Scan {
 
 impl fmt::Debug for Scan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Scan").field("prefix", &self.prefix).field("after", &self.after).finish_non_exhaustive()
+        f.debug_struct("Scan")
+            .field("prefix", &self.prefix)
+            .field("after", &self.after)
+            .finish_non_exhaustive()
     }
 }
 
@@ -803,7 +1032,14 @@ const SCAN_CHUNK: usize = 256;
 
 impl Scan {
     fn new(store: Store, ns: u8, prefix: &[u8], after: Option<&[u8]>) -> Scan {
-        Scan { store, ns, prefix: prefix.to_vec(), after: after.map(<[u8]>::to_vec), buf: VecDeque::new(), done: false }
+        Scan {
+            store,
+            ns,
+            prefix: prefix.to_vec(),
+            after: after.map(<[u8]>::to_vec),
+            buf: VecDeque::new(),
+            done: false,
+        }
     }
 
     fn refill(&mut self) {
@@ -813,17 +1049,18 @@ impl Scan {
         let mut last: Option<Vec<u8>> = None;
         let mut n = 0;
         let buf = &mut self.buf;
-        st.index.scan(self.ns, &self.prefix, self.after.as_deref(), |k, e| {
-            n += 1;
-            if !e.is_expired(now) {
-                buf.push_back(inner.value_of(&st, e).map(|v| (k.to_vec(), v)));
-            }
-            if n >= SCAN_CHUNK {
-                last = Some(k.to_vec());
-                return false;
-            }
-            true
-        });
+        st.index
+            .scan(self.ns, &self.prefix, self.after.as_deref(), |k, e| {
+                n += 1;
+                if !e.is_expired(now) {
+                    buf.push_back(inner.value_of(&st, e).map(|v| (k.to_vec(), v)));
+                }
+                if n >= SCAN_CHUNK {
+                    last = Some(k.to_vec());
+                    return false;
+                }
+                true
+            });
         match last {
             Some(k) => self.after = Some(k),
             None => self.done = true,

@@ -11,21 +11,23 @@
 //! leader syncs; the next leader covers them.
 //!
 //! # Rotation
-//! When a record does not fit, a new segment is created first (space reserved, header written,
-//! file fsynced); only then is the old one sealed (fdatasync, truncated to its data, fsynced), and
-//! last the directory is fsynced. A full disk therefore fails the write with nothing changed, and a
+//! When a record does not fit, the active segment's data is fdatasynced; then the new segment is
+//! created (space reserved, header written, file fsynced); only then is the old one sealed
+//! (truncated to its data, fsynced), and last the directory is fsynced. A full disk therefore fails the write with nothing changed, and a
 //! crash at any point leaves segments that recovery reads back whole (see FORMAT.md, "Crash
 //! points").
 
+use crate::background::Msg;
 use crate::error::{Error, Result};
-use crate::format::{self, EncOp, Op, HEADER_LEN};
+use crate::format::{self, EncOp, HEADER_LEN, Op};
 use crate::options::SyncPolicy;
 use crate::segment::{Segment, SegmentInfo};
 use crate::state::{Applied, State};
 use crate::storage::Storage;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
 /// The store's poison flag: set by a failed sync or a panicking background thread.
 #[derive(Debug, Default)]
@@ -47,7 +49,12 @@ impl Poison {
     /// `Err(Poisoned)` if poisoned.
     pub fn check(&self) -> Result<()> {
         if self.set.load(Ordering::Acquire) {
-            let reason = self.reason.lock().unwrap_or_else(|e| e.into_inner()).clone().unwrap_or_default();
+            let reason = self
+                .reason
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+                .unwrap_or_default();
             return Err(Error::Poisoned { reason });
         }
         Ok(())
@@ -93,6 +100,10 @@ pub struct Log {
     pub poison: Arc<Poison>,
     /// Number of fdatasyncs the append path has issued (for statistics and tests).
     pub syncs: AtomicU64,
+    /// The id the next new segment (rotation or compaction output) gets.
+    next_segment_id: AtomicU64,
+    /// Told when a segment is sealed (the compactor writes its hint and looks for work).
+    pub on_seal: OnceLock<Sender<Msg>>,
 }
 
 /// The writer lock, held while deciding and appending one logical write.
@@ -108,6 +119,7 @@ impl Log {
         active: Arc<Segment>,
         tail: usize,
         next_seq: u64,
+        next_segment_id: u64,
         poison: Arc<Poison>,
     ) -> Log {
         Log {
@@ -115,12 +127,31 @@ impl Log {
             storage,
             segment_size,
             policy,
-            writer: Mutex::new(WriterState { active, tail, next_seq, appended: 0, value_offsets: Vec::new() }),
+            writer: Mutex::new(WriterState {
+                active,
+                tail,
+                next_seq,
+                appended: 0,
+                value_offsets: Vec::new(),
+            }),
             sync: Mutex::new(SyncState::default()),
             synced_cv: Condvar::new(),
             poison,
             syncs: AtomicU64::new(0),
+            next_segment_id: AtomicU64::new(next_segment_id),
+            on_seal: OnceLock::new(),
         }
+    }
+
+    /// Takes a fresh segment id.
+    pub fn alloc_segment_id(&self) -> Result<u64> {
+        let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
+        if id > u64::from(u32::MAX - 1) {
+            return Err(Error::InvalidArgument {
+                what: "segment ids exhausted (4 billion segments)".into(),
+            });
+        }
+        Ok(id)
     }
 
     /// Takes the writer lock; fails if the store is poisoned.
@@ -182,23 +213,31 @@ impl Log {
 
     /// Creates the next segment, seals the active one, and switches to the new one.
     fn rotate(&self, w: &mut WriterGuard<'_>, state: &RwLock<State>, need: usize) -> Result<()> {
-        let new_id = w.active.id + 1;
-        if new_id > u64::from(u32::MAX - 1) {
-            return Err(Error::InvalidArgument { what: "segment ids exhausted (4 billion segments)".into() });
-        }
+        let new_id = self.alloc_segment_id()?;
         let size = self.segment_size.max((HEADER_LEN + need) as u64);
+        // The old segment's data reaches the disk before the new segment exists, so a power
+        // loss can never leave a torn record in a segment that is no longer the last one.
+        crate::failpoint!("rotate.before_sync_old");
+        if let Err(e) = w.active.file.sync_data() {
+            self.poison.poison(format!("fdatasync failed: {e}"));
+            return Err(Error::io("fdatasync", &w.active.path, e));
+        }
+        self.syncs.fetch_add(1, Ordering::Relaxed);
         let new = Segment::create(&*self.storage, &self.dir, new_id, w.next_seq, size)?;
         crate::failpoint!("rotate.after_create");
         let new = Arc::new(new);
         // From here on a failure leaves the old segment unsealed: poison rather than guess.
-        let sealed = self.seal(w).inspect_err(|e| self.poison.poison(format!("sealing a segment failed: {e}")));
+        let sealed = self
+            .seal(w)
+            .inspect_err(|e| self.poison.poison(format!("sealing a segment failed: {e}")));
         if let Err(e) = sealed {
             let _ = self.storage.remove_file(&new.path);
             return Err(e);
         }
         crate::failpoint!("rotate.before_dir_sync");
         if let Err(e) = self.storage.sync_dir(&self.dir) {
-            self.poison.poison(format!("fsync of the directory failed: {e}"));
+            self.poison
+                .poison(format!("fsync of the directory failed: {e}"));
             return Err(Error::io("fsync", &self.dir, e));
         }
         {
@@ -206,7 +245,8 @@ impl Log {
             if let Some(info) = st.segments.get_mut(&(w.active.id as u32)) {
                 info.sealed = true;
             }
-            st.segments.insert(new_id as u32, SegmentInfo::new(new.clone()));
+            st.segments
+                .insert(new_id as u32, SegmentInfo::new(new.clone()));
         }
         w.active = new;
         w.tail = HEADER_LEN;
@@ -214,16 +254,22 @@ impl Log {
         let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         s.synced = s.synced.max(w.appended);
         self.synced_cv.notify_all();
+        drop(s);
+        if let Some(tx) = self.on_seal.get() {
+            let _ = tx.send(Msg::Wake);
+        }
         Ok(())
     }
 
     fn seal(&self, w: &WriterGuard<'_>) -> Result<()> {
         let old = &w.active;
         crate::failpoint!("rotate.before_seal");
-        old.file.sync_data().map_err(|e| Error::io("fdatasync", &old.path, e))?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        old.file.set_len(w.tail as u64).map_err(|e| Error::io("truncate", &old.path, e))?;
-        old.file.sync_all().map_err(|e| Error::io("fsync", &old.path, e))?;
+        old.file
+            .set_len(w.tail as u64)
+            .map_err(|e| Error::io("truncate", &old.path, e))?;
+        old.file
+            .sync_all()
+            .map_err(|e| Error::io("fsync", &old.path, e))?;
         crate::failpoint!("rotate.after_seal");
         Ok(())
     }
@@ -231,18 +277,30 @@ impl Log {
     /// Under [`SyncPolicy::Always`], waits until the log is durable up to `pos`; otherwise returns
     /// at once.
     pub fn wait_durable(&self, pos: u64) -> Result<()> {
-        if self.policy == SyncPolicy::Always { self.sync_to(pos) } else { Ok(()) }
+        if self.policy == SyncPolicy::Always {
+            self.sync_to(pos)
+        } else {
+            Ok(())
+        }
     }
 
     /// Makes everything appended so far durable.
     pub fn sync_all(&self) -> Result<()> {
-        let pos = self.writer.lock().unwrap_or_else(|e| e.into_inner()).appended;
+        let pos = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .appended;
         self.sync_to(pos)
     }
 
     /// True if something appended is not yet known durable.
     pub fn dirty(&self) -> bool {
-        let pos = self.writer.lock().unwrap_or_else(|e| e.into_inner()).appended;
+        let pos = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .appended;
         self.sync.lock().unwrap_or_else(|e| e.into_inner()).synced < pos
     }
 
@@ -279,10 +337,20 @@ impl Log {
 
     fn sync_segment(&self, seg: &Segment) -> Result<()> {
         crate::failpoint!("sync.before");
-        seg.file.sync_data().map_err(|e| Error::io("fdatasync", &seg.path, e))?;
+        seg.file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &seg.path, e))?;
         self.syncs.fetch_add(1, Ordering::Relaxed);
         crate::failpoint!("sync.after");
         Ok(())
+    }
+
+    /// Bytes appended since open.
+    pub fn appended(&self) -> u64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .appended
     }
 
     /// The active segment and the writer's position (for statistics and inspection).
@@ -304,7 +372,12 @@ fn mapped_mut(seg: &Segment, start: usize, len: usize) -> &mut [u8] {
 /// The decoded form of an op being written, for [`State::apply`].
 fn as_op<'a>(op: &EncOp<'a>, seq: u64, value_offset: usize) -> Op<'a> {
     match *op {
-        EncOp::Put { ns, key, value, expires_at } => Op {
+        EncOp::Put {
+            ns,
+            key,
+            value,
+            expires_at,
+        } => Op {
             kind: format::KIND_PUT,
             seq,
             ns,
@@ -324,7 +397,11 @@ fn as_op<'a>(op: &EncOp<'a>, seq: u64, value_offset: usize) -> Op<'a> {
             expires_at: None,
             target_seq: 0,
         },
-        EncOp::Expire { ns, key, target_seq } => Op {
+        EncOp::Expire {
+            ns,
+            key,
+            target_seq,
+        } => Op {
             kind: format::KIND_EXPIRE,
             seq,
             ns,

@@ -7,7 +7,10 @@ use ttlstore::{Error, ManualClock, Options, Store, SyncPolicy, WriteBatch};
 const T0: u64 = 1_700_000_000_000;
 
 fn opts(clock: &Arc<ManualClock>) -> Options {
-    Options::default().sync(SyncPolicy::Never).segment_size(64 << 10).clock(clock.clone())
+    Options::default()
+        .sync(SyncPolicy::Never)
+        .segment_size(64 << 10)
+        .clock(clock.clone())
 }
 
 #[test]
@@ -16,7 +19,9 @@ fn put_get_delete_and_reopen() {
     let clock = Arc::new(ManualClock::new(T0));
     let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
     store.put(b"a", b"1").unwrap();
-    store.put_with_ttl(b"b", b"2", Duration::from_secs(10)).unwrap();
+    store
+        .put_with_ttl(b"b", b"2", Duration::from_secs(10))
+        .unwrap();
     assert_eq!(store.get(b"a").unwrap().unwrap(), b"1");
     assert_eq!(store.ttl(b"b").unwrap(), Some(Duration::from_secs(10)));
     assert!(store.delete(b"a").unwrap());
@@ -39,14 +44,19 @@ fn many_keys_rotate_segments_and_survive_reopen() {
     let clock = Arc::new(ManualClock::new(T0));
     let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
     for i in 0..5000u32 {
-        store.put(format!("k{i:06}").as_bytes(), &[i as u8; 100]).unwrap();
+        store
+            .put(format!("k{i:06}").as_bytes(), &[i as u8; 100])
+            .unwrap();
     }
     assert!(store.stats().segments > 5);
     drop(store);
     let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
     assert_eq!(store.stats().live_keys, 5000);
     for i in (0..5000u32).step_by(7) {
-        assert_eq!(store.get(format!("k{i:06}").as_bytes()).unwrap().unwrap(), vec![i as u8; 100]);
+        assert_eq!(
+            store.get(format!("k{i:06}").as_bytes()).unwrap().unwrap(),
+            vec![i as u8; 100]
+        );
     }
     let keys: Vec<_> = store.scan_prefix(b"k0001").map(|r| r.unwrap().0).collect();
     assert_eq!(keys.len(), 100);
@@ -60,7 +70,9 @@ fn batch_expire_persist() {
     let clock = Arc::new(ManualClock::new(T0));
     let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
     let mut b = WriteBatch::new();
-    b.put(b"x", b"1").put_with_ttl(b"y", b"2", Duration::from_secs(5)).delete(b"z");
+    b.put(b"x", b"1")
+        .put_with_ttl(b"y", b"2", Duration::from_secs(5))
+        .delete(b"z");
     store.write_batch(b).unwrap();
     assert!(store.expire(b"x", Duration::from_secs(3)).unwrap());
     assert!(store.persist(b"y").unwrap());
@@ -78,8 +90,14 @@ fn second_open_is_locked_and_bad_keys_are_rejected() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
-    assert!(matches!(store.put(b"", b"v"), Err(Error::InvalidKey { len: 0 })));
-    assert!(matches!(store.put(&vec![1; ttlstore::MAX_KEY_LEN + 1], b"v"), Err(Error::InvalidKey { .. })));
+    assert!(matches!(
+        store.put(b"", b"v"),
+        Err(Error::InvalidKey { len: 0 })
+    ));
+    assert!(matches!(
+        store.put(&vec![1; ttlstore::MAX_KEY_LEN + 1], b"v"),
+        Err(Error::InvalidKey { .. })
+    ));
     let before = store.stats();
     assert_eq!(before.data_bytes, 0);
     drop(store);
@@ -90,7 +108,10 @@ fn second_open_is_locked_and_bad_keys_are_rejected() {
 fn foreign_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
-    assert!(matches!(Store::open(dir.path()), Err(Error::NotAStore { .. })));
+    assert!(matches!(
+        Store::open(dir.path()),
+        Err(Error::NotAStore { .. })
+    ));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
@@ -115,9 +136,16 @@ fn close_rejects_writes_from_every_handle_and_wakes_listeners() {
 fn extensions_are_shared_per_type_and_name() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let a = store.extension("q1", || Ok(std::sync::Mutex::new(1u32))).unwrap();
-    let b = store.clone().extension("q1", || Ok(std::sync::Mutex::new(2u32))).unwrap();
-    let c = store.extension("q2", || Ok(std::sync::Mutex::new(3u32))).unwrap();
+    let a = store
+        .extension("q1", || Ok(std::sync::Mutex::new(1u32)))
+        .unwrap();
+    let b = store
+        .clone()
+        .extension("q1", || Ok(std::sync::Mutex::new(2u32)))
+        .unwrap();
+    let c = store
+        .extension("q2", || Ok(std::sync::Mutex::new(3u32)))
+        .unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(*c.lock().unwrap(), 3);
     assert!(store.extension::<u8>("q1", || Err(Error::Closed)).is_err());

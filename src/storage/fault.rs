@@ -90,7 +90,13 @@ impl FaultStorage {
     /// Wraps `inner`; returns the storage and the switchboard that controls it.
     pub fn new(inner: Arc<dyn Storage>) -> (Arc<FaultStorage>, Arc<Faults>) {
         let faults = Arc::new(Faults::default());
-        (Arc::new(FaultStorage { inner, faults: faults.clone() }), faults)
+        (
+            Arc::new(FaultStorage {
+                inner,
+                faults: faults.clone(),
+            }),
+            faults,
+        )
     }
 }
 
@@ -115,7 +121,10 @@ impl Storage for FaultStorage {
             self.faults.check(FaultKind::Create)?;
         }
         let inner = self.inner.open(path, mode)?;
-        Ok(Arc::new(FaultFile { inner, faults: self.faults.clone() }))
+        Ok(Arc::new(FaultFile {
+            inner,
+            faults: self.faults.clone(),
+        }))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         self.faults.check(FaultKind::Rename)?;

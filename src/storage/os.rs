@@ -49,7 +49,12 @@ impl Storage for OsStorage {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(Box::new(file))),
             Err(fs::TryLockError::WouldBlock) => Ok(None),
@@ -64,7 +69,9 @@ impl Storage for OsStorage {
             OpenMode::ReadWrite => o.read(true).write(true),
             OpenMode::CreateNew => o.read(true).write(true).create_new(true),
         };
-        Ok(Arc::new(OsFile { file: o.open(path)? }))
+        Ok(Arc::new(OsFile {
+            file: o.open(path)?,
+        }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -121,7 +128,11 @@ impl StorageFile for OsFile {
             o.len(len);
             o
         };
-        let raw = if writable { opts.map_raw(&self.file)? } else { opts.map_raw_read_only(&self.file)? };
+        let raw = if writable {
+            opts.map_raw(&self.file)?
+        } else {
+            opts.map_raw_read_only(&self.file)?
+        };
         Ok(Arc::new(OsMapping { raw: Some(raw) }))
     }
 }
@@ -129,7 +140,8 @@ impl StorageFile for OsFile {
 #[cfg(target_os = "linux")]
 fn allocate(file: &File, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let len_off = libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let len_off =
+        libc::off_t::try_from(len).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     loop {
         // SAFETY: fallocate on a file descriptor we own; no memory is passed.
         let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len_off) };

@@ -1,0 +1,487 @@
+//! Compaction: dead and expired records leave the disk without anyone calling a GC.
+//!
+//! One pass ([`run`]) does, in order:
+//! 1. **Hints**: writes the hint file of every sealed segment that has none.
+//! 2. **Whole-segment drops**: a sealed segment holding no live key is unlinked without being
+//!    read, unless it holds a tombstone that is still needed (below); then only its hint (or, with
+//!    none, its records) is read to check the tombstones.
+//! 3. **Rewrites**: sealed segments whose dead ratio reaches the threshold are rewritten: their
+//!    live records (and needed tombstones) are copied into new segments of kind "compacted",
+//!    grouped by expiry time so that each new segment later expires whole and is dropped without
+//!    another rewrite. Each output is written under a temporary name, fsynced with its hint, renamed,
+//!    and the directory fsynced; then index entries that still point at the copied records are
+//!    repointed (a short write lock), and the inputs are unlinked.
+//!
+//! **Tombstones.** A delete or expire record for key `k` with sequence `s` may be dropped only if
+//! no other segment that could hold an older record of `k` remains: no segment outside the ones
+//! being removed has both a smallest sequence below `s` and `k`'s hash in its key filter. Crash
+//! safety: every step leaves a directory that opens with the same contents (FORMAT.md,
+//! "Compaction").
+
+use crate::error::{Error, Result};
+use crate::format::{self, EncOp, HEADER_LEN, Op, SEGMENT_KIND_COMPACTED};
+use crate::hint::{self, HintEntry};
+use crate::segment::{self, Segment, SegmentInfo, key_hash, put_cost};
+use crate::state::State;
+use crate::storage::OpenMode;
+use crate::store::Inner;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+/// What a compaction pass did, from [`crate::Store::compact`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactionReport {
+    /// Keys the expiry pass before compaction expired.
+    pub expired_keys: u64,
+    /// Hint files written for sealed segments.
+    pub hints_written: usize,
+    /// Sealed segments unlinked whole.
+    pub segments_dropped: usize,
+    /// Sealed segments rewritten.
+    pub segments_rewritten: usize,
+    /// New segments written by rewrites.
+    pub segments_written: usize,
+    /// Bytes of segment files removed.
+    pub bytes_reclaimed: u64,
+    /// Bytes of segment and hint files written.
+    pub bytes_written: u64,
+    /// Tombstones dropped because no older record of their key remained.
+    pub tombstones_dropped: u64,
+    /// Tombstones copied forward because an older record of their key may remain.
+    pub tombstones_kept: u64,
+}
+
+/// The hint bytes of a segment, if `use_hint` and it has a file.
+fn hint_bytes(inner: &Inner, seg: &Segment, use_hint: bool) -> Result<Option<Vec<u8>>> {
+    if !use_hint {
+        return Ok(None);
+    }
+    hint::read(&*inner.opts.storage, &inner.dir, seg.id)
+}
+
+/// Every op of a sealed segment with its record offset, from the hint bytes when they are given
+/// and valid, else by reading (and checking) the records.
+fn segment_ops<'a>(
+    seg: &'a Segment,
+    end: usize,
+    hint: Option<&'a [u8]>,
+) -> Result<Vec<(usize, Op<'a>)>> {
+    let data = seg.bytes(0, end);
+    if let Some(Ok(entries)) = hint.map(|b| hint::decode(b, seg.id, end as u64)) {
+        let ops: Option<Vec<_>> = entries
+            .iter()
+            .map(|e| e.to_op(data).map(|op| (e.rec_off as usize, op)))
+            .collect();
+        if let Some(ops) = ops {
+            return Ok(ops);
+        }
+    }
+    let mut out = Vec::new();
+    let mut off = HEADER_LEN;
+    let mut ops = Vec::new();
+    while off < end {
+        let rec = format::read_record(data, off, seg.id).map_err(|e| match e {
+            format::RecordError::Corrupt(kind) => Error::corrupt(seg.id, off as u64, kind),
+            format::RecordError::End => {
+                Error::corrupt(seg.id, off as u64, crate::CorruptionKind::Truncated)
+            }
+        })?;
+        rec.ops(&mut ops)
+            .map_err(|kind| Error::corrupt(seg.id, off as u64, kind))?;
+        out.extend(ops.iter().map(|op| (off, *op)));
+        off += rec.len;
+    }
+    Ok(out)
+}
+
+fn sealed_snapshot(inner: &Inner) -> Vec<(u32, SegmentInfo)> {
+    let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
+    st.segments
+        .iter()
+        .filter(|(_, i)| i.sealed)
+        .map(|(id, i)| (*id, i.clone()))
+        .collect()
+}
+
+/// One compaction pass. Serialised with other passes.
+pub fn run(inner: &Inner) -> Result<CompactionReport> {
+    let _pass = inner
+        .compaction_lock
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    inner.poison.check()?;
+    let mut report = CompactionReport::default();
+    write_hints(inner, &mut report)?;
+    build_filters(inner)?;
+    drop_dead(inner, &mut report)?;
+    rewrite(inner, &mut report)?;
+    inner
+        .compaction_bytes
+        .fetch_add(report.bytes_written, Ordering::Relaxed);
+    Ok(report)
+}
+
+fn write_hints(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
+    for (id, info) in sealed_snapshot(inner)
+        .into_iter()
+        .filter(|(_, i)| !i.has_hint)
+    {
+        let seg = info.seg.clone();
+        let end = info.end();
+        let entries: Vec<HintEntry<'_>> = segment_ops(&seg, end, None)?
+            .iter()
+            .map(|(off, op)| HintEntry::of(op, *off))
+            .collect();
+        let bytes = hint::encode(seg.id, end as u64, &entries)?;
+        drop(entries);
+        hint::write(&*inner.opts.storage, &inner.dir, seg.id, &bytes)?;
+        report.hints_written += 1;
+        report.bytes_written += bytes.len() as u64;
+        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = st.segments.get_mut(&id) {
+            i.has_hint = true;
+        }
+    }
+    Ok(())
+}
+
+fn build_filters(inner: &Inner) -> Result<()> {
+    for (id, info) in sealed_snapshot(inner)
+        .into_iter()
+        .filter(|(_, i)| i.key_filter.is_none())
+    {
+        let hb = hint_bytes(inner, &info.seg, info.has_hint)?;
+        let mut hashes: Vec<u32> = segment_ops(&info.seg, info.end(), hb.as_deref())?
+            .iter()
+            .map(|(_, op)| key_hash(op.ns, op.key))
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        hashes.shrink_to_fit();
+        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = st.segments.get_mut(&id) {
+            i.key_filter = Some(Arc::new(hashes));
+        }
+    }
+    Ok(())
+}
+
+/// True if a tombstone for (`ns`, `key`) with sequence `seq` must be kept when the segments in
+/// `removing` go away.
+fn tombstone_needed(st: &State, removing: &HashSet<u32>, ns: u8, key: &[u8], seq: u64) -> bool {
+    let h = key_hash(ns, key);
+    st.segments.iter().any(|(id, info)| {
+        !removing.contains(id)
+            && info.min_seq < seq
+            && info
+                .key_filter
+                .as_ref()
+                .is_none_or(|f| f.binary_search(&h).is_ok())
+    })
+}
+
+fn unlink(inner: &Inner, seg: &Segment) -> Result<()> {
+    let storage = &*inner.opts.storage;
+    crate::failpoint!("compaction.before_unlink");
+    storage
+        .remove_file(&seg.path)
+        .map_err(|e| Error::io("remove", &seg.path, e))?;
+    let hint_path = inner.dir.join(hint::file_name(seg.id));
+    match storage.remove_file(&hint_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io("remove", &hint_path, e)),
+    }
+    crate::failpoint!("compaction.after_unlink");
+    storage
+        .sync_dir(&inner.dir)
+        .map_err(|e| Error::io("fsync", &inner.dir, e))
+}
+
+fn drop_dead(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
+    for (id, info) in sealed_snapshot(inner)
+        .into_iter()
+        .filter(|(_, i)| i.live_keys == 0)
+    {
+        if info.tombstone_bytes > 0 {
+            let hb = hint_bytes(inner, &info.seg, info.has_hint)?;
+            let tombstones: Vec<(u8, Vec<u8>, u64)> =
+                segment_ops(&info.seg, info.end(), hb.as_deref())?
+                    .iter()
+                    .filter(|(_, op)| op.kind != format::KIND_PUT)
+                    .map(|(_, op)| (op.ns, op.key.to_vec(), op.seq))
+                    .collect();
+            let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
+            let removing = HashSet::from([id]);
+            if tombstones
+                .iter()
+                .any(|(ns, k, s)| tombstone_needed(&st, &removing, *ns, k, *s))
+            {
+                continue;
+            }
+            report.tombstones_dropped += tombstones.len() as u64;
+        }
+        {
+            let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+            match st.segments.get(&id) {
+                Some(i) if i.sealed && i.live_keys == 0 => {
+                    st.segments.remove(&id);
+                }
+                _ => continue,
+            }
+        }
+        unlink(inner, &info.seg)?;
+        report.segments_dropped += 1;
+        report.bytes_reclaimed += info.end() as u64;
+    }
+    Ok(())
+}
+
+struct Copy<'a> {
+    ns: u8,
+    key: &'a [u8],
+    value: &'a [u8],
+    expires_at: Option<u64>,
+    seq: u64,
+    tombstone: Option<(u8, u64)>,
+}
+
+fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
+    let threshold = inner.opts.compaction_threshold;
+    let segment_size = inner.opts.segment_size as usize;
+    let mut candidates: Vec<(u32, SegmentInfo)> = sealed_snapshot(inner)
+        .into_iter()
+        .filter(|(_, i)| i.data_bytes > 0 && i.dead_ratio() >= threshold)
+        .collect();
+    candidates.sort_by_key(|(id, _)| *id);
+    // One group per pass, bounded so the pass stays short: up to 4 segments' worth of live data.
+    let mut group = Vec::new();
+    let mut live = 0u64;
+    for (id, info) in candidates {
+        if !group.is_empty() && live + info.live_bytes > 4 * segment_size as u64 {
+            break;
+        }
+        live += info.live_bytes;
+        group.push((id, info));
+    }
+    if group.is_empty() {
+        return Ok(());
+    }
+    let removing: HashSet<u32> = group.iter().map(|(id, _)| *id).collect();
+
+    // Collect what survives. Records borrow from the inputs' mappings, kept alive by `group`.
+    let hints: Vec<Option<Vec<u8>>> = group
+        .iter()
+        .map(|(_, info)| hint_bytes(inner, &info.seg, info.has_hint))
+        .collect::<Result<_>>()?;
+    let mut copies: Vec<Copy<'_>> = Vec::new();
+    for ((id, info), hb) in group.iter().zip(&hints) {
+        let ops = segment_ops(&info.seg, info.end(), hb.as_deref())?;
+        let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
+        for (_, op) in ops {
+            if op.kind == format::KIND_PUT {
+                let live = st
+                    .index
+                    .get(op.ns, op.key)
+                    .is_some_and(|e| e.seq == op.seq && e.seg == *id);
+                if live {
+                    copies.push(Copy {
+                        ns: op.ns,
+                        key: op.key,
+                        value: op.value,
+                        expires_at: op.expires_at,
+                        seq: op.seq,
+                        tombstone: None,
+                    });
+                }
+            } else if tombstone_needed(&st, &removing, op.ns, op.key, op.seq) {
+                report.tombstones_kept += 1;
+                copies.push(Copy {
+                    ns: op.ns,
+                    key: op.key,
+                    value: &[],
+                    expires_at: None,
+                    seq: op.seq,
+                    tombstone: Some((op.kind, op.target_seq)),
+                });
+            } else {
+                report.tombstones_dropped += 1;
+            }
+        }
+    }
+    // Group by expiry: outputs then expire whole. Records without expiry (and tombstones) last.
+    copies.sort_by_key(|c| (c.expires_at.unwrap_or(u64::MAX), c.seq));
+
+    let mut outputs: Vec<(usize, Arc<Segment>, SegmentInfo, Vec<(usize, usize)>)> = Vec::new();
+    let mut start = 0;
+    while start < copies.len() {
+        let mut size = HEADER_LEN;
+        let mut end = start;
+        while end < copies.len() {
+            let len = format::record_len(&[enc(&copies[end])]);
+            if end > start && size + len > segment_size {
+                break;
+            }
+            size += len;
+            end += 1;
+        }
+        let (seg, info, positions) = write_output(inner, &copies[start..end], size, report)?;
+        outputs.push((start, seg, info, positions));
+        start = end;
+    }
+
+    // Publish: repoint what still points at the copies, drop expired leftovers, retire inputs.
+    {
+        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        for (first, seg, mut info, positions) in outputs.drain(..) {
+            let sid = seg.id as u32;
+            for (i, (rec_off, val_off)) in positions.into_iter().enumerate() {
+                let c = &copies[first + i];
+                if c.tombstone.is_some() {
+                    continue;
+                }
+                if st
+                    .index
+                    .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, val_off as u32)
+                {
+                    info.live_bytes += put_cost(c.key.len(), c.value.len(), c.expires_at.is_some());
+                    info.live_keys += 1;
+                }
+            }
+            st.segments.insert(sid, info);
+        }
+        for id in &removing {
+            st.segments.remove(id);
+        }
+    }
+    for (_, info) in &group {
+        unlink(inner, &info.seg)?;
+        report.segments_rewritten += 1;
+        report.bytes_reclaimed += info.end() as u64;
+    }
+    Ok(())
+}
+
+fn enc<'a>(c: &Copy<'a>) -> EncOp<'a> {
+    match c.tombstone {
+        Some((format::KIND_EXPIRE, target_seq)) => EncOp::Expire {
+            ns: c.ns,
+            key: c.key,
+            target_seq,
+        },
+        Some(_) => EncOp::Delete {
+            ns: c.ns,
+            key: c.key,
+        },
+        None => EncOp::Put {
+            ns: c.ns,
+            key: c.key,
+            value: c.value,
+            expires_at: c.expires_at,
+        },
+    }
+}
+
+/// Writes one compaction output: temporary file, fsync, hint, rename, directory fsync. Returns the
+/// open segment, its accounting (no live keys yet) and each record's (offset, value offset).
+fn write_output(
+    inner: &Inner,
+    copies: &[Copy<'_>],
+    size: usize,
+    report: &mut CompactionReport,
+) -> Result<(Arc<Segment>, SegmentInfo, Vec<(usize, usize)>)> {
+    let storage = &*inner.opts.storage;
+    let id = inner.log.alloc_segment_id()?;
+    let base_seq = copies.iter().map(|c| c.seq).min().unwrap_or(0);
+    let mut buf = vec![0u8; size];
+    let header = format::SegmentHeader {
+        version: format::FORMAT_VERSION,
+        kind: SEGMENT_KIND_COMPACTED,
+        segment_id: id,
+        base_seq,
+    };
+    buf[..HEADER_LEN].copy_from_slice(&header.encode());
+    let mut positions = Vec::with_capacity(copies.len());
+    let mut offs = Vec::with_capacity(1);
+    let mut at = HEADER_LEN;
+    let mut keys = BTreeSet::new();
+    let mut seqs = (u64::MAX, 0u64);
+    let mut max_expiry = 0;
+    let mut has_persistent = false;
+    let mut tombstone_bytes = 0;
+    for c in copies {
+        let op = [enc(c)];
+        let len = format::record_len(&op);
+        offs.clear();
+        format::encode_record(&mut buf[at..at + len], id, c.seq, &op, &mut offs);
+        positions.push((at, at + offs[0]));
+        keys.insert(key_hash(c.ns, c.key));
+        seqs = (seqs.0.min(c.seq), seqs.1.max(c.seq));
+        match (c.tombstone, c.expires_at) {
+            (Some(_), _) => tombstone_bytes += len as u64,
+            (None, Some(e)) => max_expiry = max_expiry.max(e),
+            (None, None) => has_persistent = true,
+        }
+        at += len;
+    }
+    // Hint entries borrow from `buf`: build them in a second pass, reading back (and so
+    // checking) every record just encoded.
+    let mut entries = Vec::with_capacity(copies.len());
+    let mut ops = Vec::with_capacity(1);
+    for &(off, _) in &positions {
+        let rec = format::read_record(&buf, off, id)
+            .map_err(|_| Error::corrupt(id, off as u64, crate::CorruptionKind::BadChecksum))?;
+        rec.ops(&mut ops)
+            .map_err(|k| Error::corrupt(id, off as u64, k))?;
+        entries.push(HintEntry::of(&ops[0], off));
+    }
+    let hint_bytes = hint::encode(id, size as u64, &entries)?;
+    drop(entries);
+
+    let final_path = inner.dir.join(segment::file_name(id));
+    let tmp = inner.dir.join(format!("{}.tmp", segment::file_name(id)));
+    let file = storage
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    let written = (|| {
+        file.allocate(size as u64)
+            .map_err(|e| Error::io("fallocate", &tmp, e))?;
+        file.write_all_at(&buf, 0)
+            .map_err(|e| Error::io("write", &tmp, e))?;
+        crate::failpoint!("compaction.before_output_sync");
+        file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+        hint::write(storage, &inner.dir, id, &hint_bytes)?;
+        crate::failpoint!("compaction.before_publish");
+        storage
+            .rename(&tmp, &final_path)
+            .map_err(|e| Error::io("rename", &tmp, e))?;
+        storage
+            .sync_dir(&inner.dir)
+            .map_err(|e| Error::io("fsync", &inner.dir, e))?;
+        crate::failpoint!("compaction.after_publish");
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = storage.remove_file(&tmp);
+        let _ = storage.remove_file(&inner.dir.join(hint::file_name(id)));
+        return Err(e);
+    }
+    drop(file);
+    let seg = Arc::new(Segment::open(storage, &inner.dir, id, false)?);
+    let mut info = SegmentInfo::new(seg.clone());
+    info.kind = SEGMENT_KIND_COMPACTED;
+    info.sealed = true;
+    info.has_hint = true;
+    info.data_bytes = (size - HEADER_LEN) as u64;
+    info.min_seq = seqs.0;
+    info.max_seq = seqs.1;
+    info.max_expiry = max_expiry;
+    info.has_persistent = has_persistent;
+    info.tombstone_bytes = tombstone_bytes;
+    info.key_filter = Some(Arc::new(keys.into_iter().collect()));
+    report.segments_written += 1;
+    report.bytes_written += (size + hint_bytes.len()) as u64;
+    Ok((seg, info, positions))
+}

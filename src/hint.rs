@@ -1,0 +1,281 @@
+//! Hint files: for a sealed segment, every record's key, sequence, location and expiry, without
+//! the values, so that open can rebuild the index without reading the data (Bitcask's idea).
+//!
+//! Layout (FORMAT.md, "Hint files"): a 40-byte header, then one entry per operation in file
+//! order, each the bincode 2 encoding of [`HintEntry`] with the fixed-width little-endian
+//! configuration, then a 12-byte trailer (entry count, CRC-32 of everything before the CRC). A hint
+//! is used only if its checksum, segment id and segment length all match; otherwise open scans the
+//! segment.
+
+use crate::error::{Error, Result};
+use crate::format::{self, Op};
+use crate::storage::{OpenMode, Storage};
+use std::path::{Path, PathBuf};
+
+/// First eight bytes of a hint file.
+pub const HINT_MAGIC: [u8; 8] = *b"TTLSHINT";
+/// Hint format version.
+pub const HINT_VERSION: u16 = 1;
+/// Header length.
+pub const HINT_HEADER_LEN: usize = 40;
+/// Trailer length: count (8) and CRC (4).
+pub const HINT_TRAILER_LEN: usize = 12;
+/// File name suffix.
+pub const HINT_SUFFIX: &str = ".hint";
+
+/// The hint file name of segment `id`.
+pub fn file_name(id: u64) -> String {
+    format!("{id:020}{HINT_SUFFIX}")
+}
+
+/// The segment id in a hint file name.
+pub fn parse_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(HINT_SUFFIX)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok())
+        .flatten()
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard()
+        .with_little_endian()
+        .with_fixed_int_encoding()
+        .with_limit::<{ 1 << 20 }>()
+}
+
+/// One operation of the segment, as the hint file stores it.
+#[derive(Debug, Clone, PartialEq, Eq, bincode::Encode, bincode::BorrowDecode)]
+pub struct HintEntry<'a> {
+    /// The op's kind byte ([`format::KIND_PUT`], possibly with [`format::FLAG_EXPIRES`],
+    /// [`format::KIND_DELETE`] or [`format::KIND_EXPIRE`]).
+    pub kind: u8,
+    /// Namespace.
+    pub ns: u8,
+    /// Sequence.
+    pub seq: u64,
+    /// Offset of the record holding the op.
+    pub rec_off: u32,
+    /// Offset of the value in the segment (puts), else 0.
+    pub val_off: u32,
+    /// Value length (puts), else 0.
+    pub val_len: u32,
+    /// Expiry of a put (0: none) or target sequence of an expire.
+    pub extra: u64,
+    /// Key.
+    pub key: &'a [u8],
+}
+
+impl<'a> HintEntry<'a> {
+    /// The hint entry of `op`, found in the record at `rec_off`.
+    pub fn of(op: &Op<'a>, rec_off: usize) -> HintEntry<'a> {
+        let is_put = op.kind == format::KIND_PUT;
+        HintEntry {
+            kind: op.kind
+                | if op.expires_at.is_some() {
+                    format::FLAG_EXPIRES
+                } else {
+                    0
+                },
+            ns: op.ns,
+            seq: op.seq,
+            rec_off: rec_off as u32,
+            val_off: if is_put {
+                (rec_off + op.value_offset) as u32
+            } else {
+                0
+            },
+            val_len: op.value.len() as u32,
+            extra: if is_put {
+                op.expires_at.unwrap_or(0)
+            } else {
+                op.target_seq
+            },
+            key: op.key,
+        }
+    }
+
+    /// The op this entry describes, its value borrowed from `segment` (the whole segment file).
+    pub fn to_op(&self, segment: &'a [u8]) -> Option<Op<'a>> {
+        let kind = self.kind & !format::FLAG_EXPIRES;
+        let (value, value_offset) = if kind == format::KIND_PUT {
+            let start = self.val_off as usize;
+            let v = segment.get(start..start.checked_add(self.val_len as usize)?)?;
+            (v, start.checked_sub(self.rec_off as usize)?)
+        } else {
+            (&[][..], 0)
+        };
+        if !(format::KIND_PUT..=format::KIND_EXPIRE).contains(&kind) || self.key.is_empty() {
+            return None;
+        }
+        Some(Op {
+            kind,
+            seq: self.seq,
+            ns: self.ns,
+            key: self.key,
+            value,
+            value_offset,
+            expires_at: (kind == format::KIND_PUT && self.kind & format::FLAG_EXPIRES != 0)
+                .then_some(self.extra),
+            target_seq: if kind == format::KIND_EXPIRE {
+                self.extra
+            } else {
+                0
+            },
+        })
+    }
+}
+
+/// Encodes a hint file for segment `segment_id` whose data ends at `segment_len`.
+pub fn encode(segment_id: u64, segment_len: u64, entries: &[HintEntry<'_>]) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(HINT_HEADER_LEN + entries.len() * 48 + HINT_TRAILER_LEN);
+    out.extend_from_slice(&HINT_MAGIC);
+    out.extend_from_slice(&HINT_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&segment_id.to_le_bytes());
+    out.extend_from_slice(&segment_len.to_le_bytes());
+    out.extend_from_slice(&[0; 8]);
+    for e in entries {
+        bincode::encode_into_std_write(e, &mut out, config()).map_err(|err| {
+            Error::InvalidArgument {
+                what: format!("hint entry does not encode: {err}"),
+            }
+        })?;
+    }
+    out.extend_from_slice(&(entries.len() as u64).to_le_bytes());
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Why a hint file was not usable.
+pub type HintError = &'static str;
+
+/// Decodes a hint file, checking it describes segment `segment_id` of length `segment_len`.
+pub fn decode(
+    bytes: &[u8],
+    segment_id: u64,
+    segment_len: u64,
+) -> std::result::Result<Vec<HintEntry<'_>>, HintError> {
+    if bytes.len() < HINT_HEADER_LEN + HINT_TRAILER_LEN || bytes[0..8] != HINT_MAGIC {
+        return Err("not a hint file");
+    }
+    let body_end = bytes.len() - 4;
+    let crc = u32::from_le_bytes([
+        bytes[body_end],
+        bytes[body_end + 1],
+        bytes[body_end + 2],
+        bytes[body_end + 3],
+    ]);
+    if crc32fast::hash(&bytes[..body_end]) != crc {
+        return Err("checksum mismatch");
+    }
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
+    if u16::from_le_bytes([bytes[8], bytes[9]]) != HINT_VERSION {
+        return Err("unknown hint version");
+    }
+    if u64_at(16) != segment_id {
+        return Err("names another segment");
+    }
+    if u64_at(24) != segment_len {
+        return Err("segment length differs");
+    }
+    let count = u64_at(body_end - 8);
+    let entries_end = body_end - 8;
+    // Each entry takes at least 38 bytes: bound the count before reserving.
+    if count > (entries_end - HINT_HEADER_LEN) as u64 / 38 {
+        return Err("entry count out of range");
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    let mut at = HINT_HEADER_LEN;
+    for _ in 0..count {
+        let (e, n): (HintEntry<'_>, usize) =
+            bincode::borrow_decode_from_slice(&bytes[at..entries_end], config())
+                .map_err(|_| "entry does not decode")?;
+        at += n;
+        out.push(e);
+    }
+    if at != entries_end {
+        return Err("bytes after the last entry");
+    }
+    Ok(out)
+}
+
+/// Writes the hint file of segment `id` atomically (temporary name, fsync, rename). The caller
+/// syncs the directory when it needs the name durable; a lost hint only costs a scan at open.
+pub fn write(storage: &dyn Storage, dir: &Path, id: u64, bytes: &[u8]) -> Result<PathBuf> {
+    let path = dir.join(file_name(id));
+    let tmp = dir.join(format!("{}.tmp", file_name(id)));
+    let _ = storage.remove_file(&tmp);
+    let file = storage
+        .open(&tmp, OpenMode::CreateNew)
+        .map_err(|e| Error::io("create", &tmp, e))?;
+    file.write_all_at(bytes, 0)
+        .map_err(|e| Error::io("write", &tmp, e))?;
+    crate::failpoint!("hint.before_sync");
+    file.sync_data()
+        .map_err(|e| Error::io("fdatasync", &tmp, e))?;
+    drop(file);
+    crate::failpoint!("hint.before_rename");
+    storage
+        .rename(&tmp, &path)
+        .map_err(|e| Error::io("rename", &tmp, e))?;
+    Ok(path)
+}
+
+/// Reads a whole hint file, if present.
+pub fn read(storage: &dyn Storage, dir: &Path, id: u64) -> Result<Option<Vec<u8>>> {
+    let path = dir.join(file_name(id));
+    let file = match storage.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", &path, e)),
+    };
+    let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+    let mut buf = vec![0u8; usize::try_from(len).unwrap_or(0)];
+    file.read_exact_at(&mut buf, 0)
+        .map_err(|e| Error::io("read", &path, e))?;
+    Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_damage() {
+        let e = HintEntry {
+            kind: format::KIND_PUT | format::FLAG_EXPIRES,
+            ns: 2,
+            seq: 9,
+            rec_off: 40,
+            val_off: 60,
+            val_len: 3,
+            extra: 77,
+            key: b"abc",
+        };
+        let d = HintEntry {
+            kind: format::KIND_EXPIRE,
+            ns: 0,
+            seq: 10,
+            rec_off: 70,
+            val_off: 0,
+            val_len: 0,
+            extra: 9,
+            key: b"z",
+        };
+        let bytes = encode(5, 100, &[e.clone(), d.clone()]).unwrap();
+        assert_eq!(decode(&bytes, 5, 100).unwrap(), vec![e, d]);
+        assert!(decode(&bytes, 6, 100).is_err());
+        assert!(decode(&bytes, 5, 101).is_err());
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x10;
+            assert!(decode(&b, 5, 100).is_err(), "flip at {i} accepted");
+            assert!(decode(&bytes[..i], 5, 100).is_err());
+        }
+    }
+}
