@@ -9,7 +9,11 @@ macro_rules! failpoint {
         #[cfg(feature = "failpoints")]
         {
             if let Some(e) = $crate::failpoints::hit($name) {
-                return Err($crate::Error::Io { op: "failpoint", path: $name.into(), source: e });
+                return Err($crate::Error::Io {
+                    op: "failpoint",
+                    path: $name.into(),
+                    source: e,
+                });
             }
         }
     };

@@ -103,7 +103,11 @@ pub trait Mapping: Send + Sync + fmt::Debug + Any {
 /// caller checks ranges read from disk against the file's length first).
 pub(crate) fn mapped(map: &dyn Mapping, start: usize, len: usize) -> &[u8] {
     let end = start.checked_add(len).filter(|&e| e <= map.len());
-    assert!(end.is_some(), "mapped range {start}+{len} outside a mapping of {}", map.len());
+    assert!(
+        end.is_some(),
+        "mapped range {start}+{len} outside a mapping of {}",
+        map.len()
+    );
     if len == 0 {
         return &[];
     }
