@@ -114,7 +114,7 @@ pub fn expire_due(inner: &Inner, limit: usize) -> Result<usize> {
         })
         .collect();
     let mut applied = Vec::with_capacity(ops.len());
-    inner.commit_internal(&mut w, &ops, &mut applied)?;
+    inner.commit_internal(&mut w, &ops, Some(&mut applied))?;
     drop(w);
     let processed = due.len();
     let keys = due

@@ -56,11 +56,23 @@ impl State {
     /// the index holds for its key is ignored, and deletes leave a tombstone entry (removed by
     /// [`State::finish_replay`]) so that an older put replayed later cannot resurrect the key.
     pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
-        let current = self.index.get(op.ns, op.key).copied();
-        if let Some(info) = self.segments.get_mut(&seg) {
-            info.saw_seq(op.seq);
+        // A live-mode put needs no lookup first: the upsert returns what it replaced.
+        let current = if replay || op.kind != KIND_PUT {
+            self.index.get(op.ns, op.key).copied()
+        } else {
+            None
+        };
+        if op.kind != KIND_PUT {
+            if let Some(info) = self.segments.get_mut(&seg) {
+                info.saw_seq(op.seq);
+            }
         }
         if replay && current.is_some_and(|c| c.seq >= op.seq) {
+            if op.kind == KIND_PUT {
+                if let Some(info) = self.segments.get_mut(&seg) {
+                    info.saw_seq(op.seq);
+                }
+            }
             if op.kind != KIND_PUT {
                 self.add_tombstone_bytes(seg, op);
             }
@@ -81,6 +93,7 @@ impl State {
                     self.account_removed(op.key.len(), o);
                 }
                 if let Some(info) = self.segments.get_mut(&seg) {
+                    info.saw_seq(op.seq);
                     info.live_bytes +=
                         put_cost(op.key.len(), op.value.len(), op.expires_at.is_some());
                     info.live_keys += 1;

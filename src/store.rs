@@ -696,7 +696,7 @@ impl Inner {
         &self,
         w: &mut WriterGuard<'_>,
         ops: &[EncOp<'_>],
-        applied: &mut Vec<Applied>,
+        applied: Option<&mut Vec<Applied>>,
     ) -> Result<u64> {
         let pos = self.commit_internal(w, ops, applied)?;
         let earliest = ops
@@ -719,7 +719,7 @@ impl Inner {
         &self,
         w: &mut WriterGuard<'_>,
         ops: &[EncOp<'_>],
-        applied: &mut Vec<Applied>,
+        applied: Option<&mut Vec<Applied>>,
     ) -> Result<u64> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
@@ -730,7 +730,6 @@ impl Inner {
     fn put(&self, ns: u8, key: &[u8], value: &[u8], expiry: Expiry) -> Result<()> {
         check_key(key)?;
         check_value(value)?;
-        let mut applied = Vec::with_capacity(1);
         let mut w = self.log.lock()?;
         let now = self.opts.clock.now_ms();
         let op = match self.resolve(expiry, now) {
@@ -747,7 +746,7 @@ impl Inner {
                 EncOp::Delete { ns, key }
             }
         };
-        let pos = self.commit(&mut w, &[op], &mut applied)?;
+        let pos = self.commit(&mut w, &[op], None)?;
         drop(w);
         self.log.wait_durable(pos)
     }
@@ -820,12 +819,11 @@ impl Inner {
 
     fn delete(&self, ns: u8, key: &[u8]) -> Result<bool> {
         check_key(key)?;
-        let mut applied = Vec::with_capacity(1);
         let mut w = self.log.lock()?;
         if self.live_entry(ns, key, self.opts.clock.now_ms()).is_none() {
             return Ok(false);
         }
-        let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], &mut applied)?;
+        let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], None)?;
         drop(w);
         self.log.wait_durable(pos)?;
         Ok(true)
@@ -833,7 +831,6 @@ impl Inner {
 
     fn set_expiry(&self, ns: u8, key: &[u8], expiry: Expiry) -> Result<bool> {
         check_key(key)?;
-        let mut applied = Vec::with_capacity(1);
         let mut w = self.log.lock()?;
         let now = self.opts.clock.now_ms();
         let Some(e) = self.live_entry(ns, key, now) else {
@@ -842,7 +839,7 @@ impl Inner {
         let new_expiry = match self.resolve(expiry, now) {
             Ok(x) => x,
             Err(()) => {
-                let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], &mut applied)?;
+                let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], None)?;
                 drop(w);
                 self.log.wait_durable(pos)?;
                 return Ok(true);
@@ -863,7 +860,7 @@ impl Inner {
             value: &value,
             expires_at: new_expiry,
         };
-        let pos = self.commit(&mut w, &[op], &mut applied)?;
+        let pos = self.commit(&mut w, &[op], None)?;
         drop(w);
         self.log.wait_durable(pos)?;
         Ok(true)
@@ -879,7 +876,6 @@ impl Inner {
                 check_value(v)?;
             }
         }
-        let mut applied = Vec::with_capacity(batch.ops.len());
         let mut w = self.log.lock()?;
         let now = self.opts.clock.now_ms();
         let ops: Vec<EncOp<'_>> = batch
@@ -907,7 +903,7 @@ impl Inner {
                 max: MAX_BATCH_BYTES,
             });
         }
-        let pos = self.commit(&mut w, &ops, &mut applied)?;
+        let pos = self.commit(&mut w, &ops, None)?;
         drop(w);
         self.log.wait_durable(pos)
     }

@@ -174,9 +174,11 @@ impl Log {
         w: &mut WriterGuard<'_>,
         state: &RwLock<State>,
         ops: &[EncOp<'_>],
-        applied: &mut Vec<Applied>,
+        mut applied: Option<&mut Vec<Applied>>,
     ) -> Result<u64> {
-        applied.clear();
+        if let Some(a) = applied.as_deref_mut() {
+            a.clear();
+        }
         let len = format::record_len(ops);
         if w.tail + len > w.active.map.len() {
             self.rotate(w, state, len)?;
@@ -204,7 +206,10 @@ impl Log {
             }
             for (i, op) in ops.iter().enumerate() {
                 let dop = as_op(op, seq + i as u64, offsets[i]);
-                applied.push(st.apply(seg, rec_off as u32, &dop, false));
+                let result = st.apply(seg, rec_off as u32, &dop, false);
+                if let Some(a) = applied.as_deref_mut() {
+                    a.push(result);
+                }
             }
         }
         w.value_offsets = offsets;
