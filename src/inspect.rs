@@ -35,8 +35,9 @@
 use crate::error::{CorruptionKind, Error, Result};
 use crate::format::{
     self, FORMAT_VERSION, HEADER_LEN, KIND_BATCH, KIND_DELETE, KIND_EXPIRE, KIND_PUT, Op,
-    RecordError, SegmentHeader,
+    RecordError, SEGMENT_KIND_COMPACTED, SEGMENT_KIND_LOG, SegmentHeader,
 };
+use crate::hint::{self, HintEntry};
 use crate::segment::{self, LOCK_FILE};
 use crate::store::Namespace;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -161,7 +162,8 @@ pub struct SegmentFile {
     pub id: u64,
     /// Its path.
     pub path: PathBuf,
-    /// True for the segment with the highest id: the active one while a store has it open.
+    /// True for the active segment: the last *log* segment (compaction output takes fresh ids
+    /// too, so it need not be the highest id). A writer may be appending to it right now.
     pub last: bool,
 }
 
@@ -223,7 +225,7 @@ impl Inspector {
                 };
             }
             segments.sort_by_key(|s| s.id);
-            if let Some(l) = segments.last_mut() {
+            if let Some(l) = segments.iter_mut().rev().find(|s| is_log_segment(&s.path)) {
                 l.last = true;
             }
             let others = names
@@ -246,20 +248,31 @@ impl Inspector {
                 found: format!("{name} (not a segment file name)"),
             });
         };
-        // The file is the last segment if its directory holds none with a higher id (or cannot
-        // be listed): then a torn tail in it is the end of the data.
-        let last = match path.parent().map(list_dir) {
-            Some(Ok(names)) => !names
-                .iter()
-                .filter_map(|n| segment::parse_file_name(n))
-                .any(|other| other > id),
-            _ => true,
-        };
+        // The file is the active segment if it is a log segment and its directory holds no log
+        // segment with a higher id (or cannot be listed): then a torn tail in it is the end of
+        // the data.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let last = is_log_segment(&path)
+            && match list_dir(dir) {
+                Ok(names) => !names
+                    .iter()
+                    .filter_map(|n| segment::parse_file_name(n).filter(|&other| other > id))
+                    .any(|other| is_log_segment(&dir.join(segment::file_name(other)))),
+                Err(_) => true,
+            };
         Ok(Inspector {
             path: path.clone(),
             segments: vec![SegmentFile { id, path, last }],
             others: Vec::new(),
         })
+    }
+
+    /// The directory holding the segments.
+    fn segments_dir(&self) -> &Path {
+        match self.segments.first().and_then(|s| s.path.parent()) {
+            Some(d) => d,
+            None => &self.path,
+        }
     }
 
     /// The path given to [`Inspector::open`].
@@ -303,16 +316,24 @@ impl Inspector {
                 rep.notes.push(problem(
                     "leftover temporary file; the next open of the store removes it".into(),
                 ));
-            } else if name.ends_with(".hint") {
-                rep.notes.push(problem(
-                    "hint file not checked: this build has no hint file support".into(),
-                ));
+            } else if let Some(id) = hint::parse_file_name(name) {
+                if !self.segments.iter().any(|s| s.id == id) {
+                    rep.notes.push(problem(
+                        "hint file of a segment that no longer exists; the next open removes it"
+                            .into(),
+                    ));
+                }
             } else {
                 rep.problems
                     .push(problem("unknown file in the data directory".into()));
             }
         }
         let mut last_seq = 0u64;
+        let hints: HashSet<u64> = self
+            .others
+            .iter()
+            .filter_map(|n| hint::parse_file_name(n))
+            .collect();
         for seg in &self.segments {
             let name = file_name_of(seg);
             let finding = |offset: Option<u64>, message: String| Finding {
@@ -353,11 +374,16 @@ impl Inspector {
                 }
             };
             let mut end = HEADER_LEN;
+            let log = header.kind == SEGMENT_KIND_LOG;
+            let mut expected_hint: Vec<HintEntry<'_>> = Vec::new();
+            let mut damaged = false;
             scan_segment(&data, seg.id, seg.last, |ev| {
                 match ev {
-                Scan::Record { offset, len, seq, last_op_seq, .. } => {
+                Scan::Record { offset, len, seq, last_op_seq, ops, .. } => {
                     rep.records += 1;
-                    if seq <= last_seq {
+                    expected_hint.extend(ops.iter().map(|op| HintEntry::of(op, offset)));
+                    // Compaction output holds copies of older records: exempt from the order.
+                    if log && seq <= last_seq {
                         let kind = CorruptionKind::SequenceOutOfOrder { previous: last_seq, found: seq };
                         rep.problems.push(finding(Some(offset as u64), kind.to_string()));
                     } else if seq < header.base_seq {
@@ -366,7 +392,9 @@ impl Inspector {
                             format!("sequence {seq} is below the segment's base sequence {}", header.base_seq),
                         ));
                     }
-                    last_seq = last_seq.max(last_op_seq);
+                    if log {
+                        last_seq = last_seq.max(last_op_seq);
+                    }
                     end = offset + len;
                 }
                 Scan::Damaged(d) if d.torn_tail => rep.notes.push(finding(
@@ -378,10 +406,37 @@ impl Inspector {
                     ),
                 )),
                 Scan::Damaged(d) => {
+                    damaged = true;
                     rep.problems.push(finding(Some(d.offset), format!("{} ({} bytes skipped)", d.kind, d.len)));
                 }
             }
             });
+            if hints.contains(&seg.id) {
+                let file = hint::file_name(seg.id);
+                let hint_finding = |offset: Option<u64>, message: String| Finding {
+                    file: file.clone(),
+                    segment: Some(seg.id),
+                    offset,
+                    message,
+                };
+                let path = self.segments_dir().join(&file);
+                match std::fs::read(&path) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("read", &path, e)),
+                    Ok(_) if seg.last => rep.notes.push(hint_finding(
+                        None,
+                        "hint file of the active segment; open ignores it".into(),
+                    )),
+                    // The segment's own problems are listed already; its hint cannot match.
+                    Ok(_) if damaged => {}
+                    Ok(bytes) => {
+                        if let Some(why) = check_hint(&bytes, seg.id, &data, &expected_hint) {
+                            rep.problems
+                                .push(hint_finding(None, CorruptionKind::BadHint(why).to_string()));
+                        }
+                    }
+                }
+            }
             if !seg.last && data.len() > end && data[end..].iter().all(|&b| b == 0) {
                 rep.notes.push(finding(
                     Some(end as u64),
@@ -440,6 +495,7 @@ impl Inspector {
             .map(|(i, s)| (s.id, i))
             .collect();
         let mut namespaces: HashMap<u8, NamespaceStats> = HashMap::new();
+        let mut groups: std::collections::BTreeMap<(u8, String), u64> = Default::default();
         // Batch overhead: per record, the best class among its operations.
         let mut overhead_class: HashMap<(u64, u64), Class> = HashMap::new();
         for (op, &class) in replay.ops.iter().zip(&replay.class) {
@@ -460,9 +516,14 @@ impl Inspector {
                         namespace: Namespace(op.ns),
                         live_keys: 0,
                         live_bytes: 0,
+                        groups: Vec::new(),
                     });
                     ns.live_keys += 1;
                     ns.live_bytes += op.cost;
+                    if let Some((group, counts)) = group_of(Namespace(op.ns), &op.key) {
+                        let g = groups.entry((op.ns, group)).or_insert(0);
+                        *g += u64::from(counts);
+                    }
                 }
                 Class::Expired => {
                     sp.expired_bytes += op.cost;
@@ -502,6 +563,11 @@ impl Inspector {
                 s.space.reclaimable_bytes = s.space.dead_bytes + s.space.expired_bytes;
             }
             total.absorb(&s.space);
+        }
+        for ((ns, name), len) in groups {
+            if let Some(n) = namespaces.get_mut(&ns) {
+                n.groups.push(GroupStats { name, len });
+            }
         }
         let mut namespaces: Vec<NamespaceStats> = namespaces.into_values().collect();
         namespaces.sort_by_key(|n| n.namespace);
@@ -726,6 +792,20 @@ fn entry_len(op: &Op<'_>) -> u64 {
     }) as u64
 }
 
+/// The thread or queue a live key belongs to, and whether it counts towards its length (a
+/// message of a thread; the state record of a queue's task: one per task). Read from the
+/// descriptions of [`key_description`]: `thread "chat": message at offset 3`,
+/// `queue "jobs": task "t1" state`.
+fn group_of(ns: Namespace, key: &[u8]) -> Option<(String, bool)> {
+    let d = key_description(ns, key)?;
+    let (owner, role) = d.split_once(": ")?;
+    let counts = match ns {
+        Namespace::THREADS => role.starts_with("message"),
+        _ => role.starts_with("task") && role.ends_with(" state"),
+    };
+    Some((owner.to_string(), counts))
+}
+
 fn expired(expires_at: Option<u64>, at_ms: u64) -> bool {
     expires_at.is_some_and(|e| e <= at_ms)
 }
@@ -831,7 +911,8 @@ impl Iterator for Records<'_> {
                     last_op_seq,
                     ops,
                 } => {
-                    let problem = if seq <= *last_seq {
+                    let log = header.kind == SEGMENT_KIND_LOG;
+                    let problem = if log && seq <= *last_seq {
                         Some(CorruptionKind::SequenceOutOfOrder {
                             previous: *last_seq,
                             found: seq,
@@ -843,7 +924,9 @@ impl Iterator for Records<'_> {
                     } else {
                         None
                     };
-                    *last_seq = (*last_seq).max(last_op_seq);
+                    if log {
+                        *last_seq = (*last_seq).max(last_op_seq);
+                    }
                     let count = ops.len() as u32;
                     for (i, op) in ops.iter().enumerate() {
                         pending.push_back(Ok(RecordEntry::Op(OpRecord {
@@ -892,6 +975,13 @@ fn check_header(data: &[u8], seg: &SegmentFile) -> Result<HeaderCheck> {
             found: h.version,
             supported: FORMAT_VERSION,
         }),
+        Ok(h) if h.kind != SEGMENT_KIND_LOG && h.kind != SEGMENT_KIND_COMPACTED => {
+            Err(Error::corrupt(
+                seg.id,
+                10,
+                CorruptionKind::Malformed("unknown segment kind"),
+            ))
+        }
         Ok(h) if h.segment_id != seg.id => Err(Error::corrupt(
             seg.id,
             0,
@@ -981,6 +1071,21 @@ fn resync(data: &[u8], from: usize, id: u64) -> Option<usize> {
         .find(|&o| matches!(format::read_record(data, o, id), Ok(rec) if rec.ops(&mut ops).is_ok()))
 }
 
+/// True if the file at `path` is a log segment, or has a header too short or damaged to tell
+/// (recovery takes such a file as the active segment, whose creation a crash interrupted). False
+/// for compaction output and for a file that vanished.
+fn is_log_segment(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = Vec::with_capacity(HEADER_LEN);
+    if file.take(HEADER_LEN as u64).read_to_end(&mut head).is_err() {
+        return true;
+    }
+    SegmentHeader::decode(&head).map_or(true, |h| h.kind == SEGMENT_KIND_LOG)
+}
+
 fn list_dir(dir: &Path) -> Result<Vec<String>> {
     let rd = std::fs::read_dir(dir).map_err(|e| io_err("list", dir, e))?;
     let mut names = Vec::new();
@@ -1006,6 +1111,27 @@ fn file_name_of(seg: &SegmentFile) -> String {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| segment::file_name(seg.id))
+}
+
+/// Why a hint file does not describe its segment, if it does not: it must decode (checksum,
+/// segment id and length) and list exactly the segment's operations, in order.
+fn check_hint(
+    bytes: &[u8],
+    id: u64,
+    data: &[u8],
+    expected: &[HintEntry<'_>],
+) -> Option<&'static str> {
+    let entries = match hint::decode(bytes, id, data.len() as u64) {
+        Ok(e) => e,
+        Err(why) => return Some(why),
+    };
+    if entries.len() != expected.len() {
+        return Some("it lists a different number of operations than the segment holds");
+    }
+    if entries.iter().zip(expected).any(|(a, b)| a != b) {
+        return Some("an entry differs from the segment's record");
+    }
+    None
 }
 
 /// A problem's text without the advice that [`Error`]'s message appends.
@@ -1229,6 +1355,18 @@ pub struct NamespaceStats {
     pub live_keys: u64,
     /// Bytes of their records.
     pub live_bytes: u64,
+    /// For the threads and queues namespaces: each thread with its live messages, each queue
+    /// with its live tasks, by name.
+    pub groups: Vec<GroupStats>,
+}
+
+/// A thread or a queue, from [`NamespaceStats::groups`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStats {
+    /// `thread "name"` or `queue "name"`.
+    pub name: String,
+    /// Live messages (threads) or tasks (queues).
+    pub len: u64,
 }
 
 /// What [`Inspector::stats`] computed.
@@ -1303,10 +1441,21 @@ pub fn namespace_label(ns: Namespace) -> String {
     }
 }
 
-/// A key in readable form: its escaped bytes (see [`escape_bytes`]), with, for keys of the
-/// threads and queues namespaces, what they are.
-pub fn describe_key(_ns: Namespace, key: &[u8]) -> String {
-    escape_bytes(key)
+/// What a key of the threads or queues namespace is (`thread "chat": message at offset 3`,
+/// `queue "jobs": task "t1" state`), as those modules describe their own keys; `None` for other
+/// namespaces and for keys they do not recognise.
+pub fn key_description(ns: Namespace, key: &[u8]) -> Option<String> {
+    match ns {
+        Namespace::THREADS => crate::thread::describe_key(key),
+        Namespace::QUEUES => crate::queue::describe_key(key),
+        _ => None,
+    }
+}
+
+/// A key in readable form: for threads and queues what it is (see [`key_description`]),
+/// otherwise its escaped bytes (see [`escape_bytes`]).
+pub fn describe_key(ns: Namespace, key: &[u8]) -> String {
+    key_description(ns, key).unwrap_or_else(|| escape_bytes(key))
 }
 
 /// `bytes` as printable text: valid UTF-8 stays as it is except control characters, `\` and `"`;

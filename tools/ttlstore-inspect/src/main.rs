@@ -295,15 +295,22 @@ fn preview_text(preview: &[u8], len: u64) -> String {
     format!("\"{}\"{more}", inspect::escape_bytes(preview))
 }
 
+fn key_text(ns: Namespace, key: &[u8]) -> String {
+    match inspect::key_description(ns, key) {
+        Some(d) => format!("[{d}]"),
+        None => format!("\"{}\"", inspect::escape_bytes(key)),
+    }
+}
+
 fn op_line(r: &OpRecord, at_ms: u64) -> String {
     let mut s = format!(
-        "segment={} offset={} seq={} kind={} ns={} key=\"{}\"",
+        "segment={} offset={} seq={} kind={} ns={} key={}",
         r.segment,
         r.offset,
         r.seq,
         kind_label(r),
         inspect::namespace_label(r.namespace),
-        inspect::describe_key(r.namespace, &r.key)
+        key_text(r.namespace, &r.key)
     );
     match r.kind {
         OpKind::Put => {
@@ -346,8 +353,8 @@ fn op_json(r: &OpRecord, at_ms: u64) -> Json {
         "batch": r.batch.map(|b| json!({"index": b.index, "count": b.count})),
         "namespace": inspect::namespace_label(r.namespace),
         "namespace_id": r.namespace.id(),
-        "key": inspect::describe_key(r.namespace, &r.key),
-        "key_escaped": inspect::escape_bytes(&r.key),
+        "key": inspect::escape_bytes(&r.key),
+        "key_description": inspect::key_description(r.namespace, &r.key),
         "value_len": r.value_len,
         "value_preview": (r.kind == OpKind::Put).then(|| inspect::escape_bytes(&r.value_preview)),
         "expires": expiry_json(r.expires_at, at_ms),
@@ -504,6 +511,7 @@ fn print_stats(r: &StatsReport, json: bool, out: &mut impl Write) -> io::Result<
                 "namespace_id": n.namespace.id(),
                 "live_keys": n.live_keys,
                 "live_bytes": n.live_bytes,
+                "groups": n.groups.iter().map(|g| json!({"name": g.name, "len": g.len})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         });
         return writeln!(out, "{doc}");
@@ -541,6 +549,14 @@ fn print_stats(r: &StatsReport, json: bool, out: &mut impl Write) -> io::Result<
             n.live_keys,
             n.live_bytes
         )?;
+        for g in &n.groups {
+            let unit = if n.namespace == Namespace::THREADS {
+                "messages"
+            } else {
+                "tasks"
+            };
+            writeln!(out, "    {}: {} {unit}", g.name, g.len)?;
+        }
     }
     Ok(())
 }
@@ -553,11 +569,7 @@ fn print_get(
     json: bool,
     out: &mut impl Write,
 ) -> io::Result<()> {
-    let name = format!(
-        "\"{}\" in {}",
-        inspect::describe_key(ns, key),
-        inspect::namespace_label(ns)
-    );
+    let name = format!("{} in {}", key_text(ns, key), inspect::namespace_label(ns));
     if json {
         let mut doc = json!({
             "namespace": inspect::namespace_label(ns),
