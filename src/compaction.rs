@@ -5,7 +5,9 @@
 //! 2. **Whole-segment drops**: a sealed segment holding no live key is unlinked without being
 //!    read, unless it holds a tombstone that is still needed (below); then only its hint (or, with
 //!    none, its records) is read to check the tombstones.
-//! 3. **Rewrites**: sealed segments whose dead ratio reaches the threshold are rewritten: their
+//! 3. **Rewrites**: sealed segments whose dead ratio reaches the threshold, unless every put in
+//!    them expires within the expiry horizon (then they are left to be dropped whole), are
+//!    rewritten: their
 //!    live records (and needed tombstones) are copied into new segments of kind "compacted",
 //!    grouped by expiry time so that each new segment later expires whole and is dropped without
 //!    another rewrite. Each output is written under a temporary name, fsynced with its hint, renamed,
@@ -251,9 +253,15 @@ struct Copy<'a> {
 fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     let threshold = inner.opts.compaction_threshold;
     let segment_size = inner.opts.segment_size as usize;
+    let now = inner.opts.clock.now_ms();
+    let horizon = crate::clock::duration_ms(inner.opts.expiry_horizon);
+    // A segment whose every put expires soon is left to die whole: rewriting it would copy data
+    // that is about to be dropped anyway (the write amplification TTL workloads must not pay).
+    let expires_soon =
+        |i: &SegmentInfo| !i.has_persistent && i.max_expiry <= now.saturating_add(horizon);
     let mut candidates: Vec<(u32, SegmentInfo)> = sealed_snapshot(inner)
         .into_iter()
-        .filter(|(_, i)| i.data_bytes > 0 && i.dead_ratio() >= threshold)
+        .filter(|(_, i)| i.data_bytes > 0 && i.dead_ratio() >= threshold && !expires_soon(i))
         .collect();
     candidates.sort_by_key(|(id, _)| *id);
     // One group per pass, bounded so the pass stays short: up to 4 segments' worth of live data.

@@ -60,6 +60,7 @@ pub struct Options {
     pub(crate) verify_reads: bool,
     pub(crate) compaction_threshold: f64,
     pub(crate) background: bool,
+    pub(crate) expiry_horizon: Duration,
 }
 
 impl fmt::Debug for Options {
@@ -73,6 +74,7 @@ impl fmt::Debug for Options {
             .field("verify_reads", &self.verify_reads)
             .field("compaction_threshold", &self.compaction_threshold)
             .field("background", &self.background)
+            .field("expiry_horizon", &self.expiry_horizon)
             .finish_non_exhaustive()
     }
 }
@@ -96,6 +98,7 @@ impl Default for Options {
             verify_reads: true,
             compaction_threshold: 0.5,
             background: true,
+            expiry_horizon: Duration::from_secs(600),
         }
     }
 }
@@ -156,6 +159,14 @@ impl Options {
     /// 0.5. Segments with no live data at all are dropped whole whatever this is.
     pub fn compaction_threshold(mut self, fraction: f64) -> Self {
         self.compaction_threshold = fraction;
+        self
+    }
+
+    /// A sealed segment whose every put expires within this horizon is not rewritten, however
+    /// dead it is: it is left to expire and be dropped whole, which writes nothing. Default 10
+    /// minutes; zero rewrites such segments like any other.
+    pub fn expiry_horizon(mut self, horizon: Duration) -> Self {
+        self.expiry_horizon = horizon;
         self
     }
 
