@@ -150,3 +150,38 @@ fn extensions_are_shared_per_type_and_name() {
     assert_eq!(*c.lock().unwrap(), 3);
     assert!(store.extension::<u8>("q1", || Err(Error::Closed)).is_err());
 }
+
+#[test]
+fn another_process_is_locked_out_until_close() {
+    if let Ok(dir) = std::env::var("TTLSTORE_LOCK_CHILD") {
+        // Exit 10 when refused with Locked, 0 when opened.
+        match Store::open(&dir) {
+            Err(Error::Locked { .. }) => std::process::exit(10),
+            Ok(_) => std::process::exit(0),
+            Err(e) => panic!("unexpected: {e}"),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run_child = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "another_process_is_locked_out_until_close",
+                "--test-threads=1",
+            ])
+            .env("TTLSTORE_LOCK_CHILD", dir.path())
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(run_child(), Some(10));
+    store.close().unwrap();
+    assert_eq!(run_child(), Some(0));
+    // And a close followed at once by a reopen in this process works.
+    for _ in 0..20 {
+        let s = Store::open(dir.path()).unwrap();
+        s.close().unwrap();
+    }
+}

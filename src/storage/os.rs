@@ -2,14 +2,20 @@
 
 use super::{Mapping, OpenMode, Storage, StorageFile};
 use std::any::Any;
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
-/// The operating system's file system. Locks with `File::try_lock` (an `flock` on Linux, held
-/// per open file description, so a second opener in the same process is refused as well).
+/// The operating system's file system.
+///
+/// Locking: a POSIX record lock (`fcntl(F_SETLK)`) on the `LOCK` file keeps other processes out,
+/// and a process-wide table of held lock files keeps a second opener in this process out. Record
+/// locks are chosen over `flock` because they are not inherited: with `flock` a child process
+/// forked by another thread briefly shares the lock between its fork and its exec, so a close
+/// followed at once by a reopen could be refused.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct OsStorage;
 
@@ -55,11 +61,19 @@ impl Storage for OsStorage {
             .create(true)
             .truncate(false)
             .open(path)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Box::new(file))),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => Err(e),
+        let canonical = fs::canonicalize(path)?;
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        if held.contains(&canonical) {
+            return Ok(None);
         }
+        if !record_lock(&file)? {
+            return Ok(None);
+        }
+        held.insert(canonical.clone());
+        Ok(Some(Box::new(LockGuard {
+            _file: file,
+            path: canonical,
+        })))
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
@@ -134,6 +148,46 @@ impl StorageFile for OsFile {
             opts.map_raw_read_only(&self.file)?
         };
         Ok(Arc::new(OsMapping { raw: Some(raw) }))
+    }
+}
+
+static HELD: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Holds a lock file open (and so its record lock) and its place in [`HELD`].
+struct LockGuard {
+    _file: File,
+    path: PathBuf,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        HELD.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.path);
+    }
+}
+
+/// Takes a write lock on the whole file; false if another process holds one.
+fn record_lock(file: &File) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a zeroed flock is a valid value; every field used is set below.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as _;
+    fl.l_whence = libc::SEEK_SET as _;
+    fl.l_start = 0;
+    fl.l_len = 0;
+    loop {
+        // SAFETY: fcntl on a descriptor we own with a pointer to a live flock struct.
+        let r = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &fl) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN) | Some(libc::EACCES) => return Ok(false),
+            _ => return Err(err),
+        }
     }
 }
 
