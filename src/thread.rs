@@ -38,6 +38,7 @@ use crate::{Error, Expiry, Keyspace, Namespace, Result, Store, Waker};
 use std::collections::VecDeque;
 use std::fmt;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -182,6 +183,8 @@ struct Shared {
     /// The thread's metadata as last made durable.
     meta: Mutex<Meta>,
     cv: Condvar,
+    /// Streams blocked waiting for a message.
+    waiting: AtomicUsize,
 }
 
 /// The per-store, per-thread-name state. Holds no [`Store`].
@@ -277,6 +280,7 @@ impl Thread {
                 write: Mutex::new(()),
                 meta: Mutex::new(meta),
                 cv: Condvar::new(),
+                waiting: AtomicUsize::new(0),
             });
             let s = shared.clone();
             let waker: Arc<Waker> = Arc::new(move || {
@@ -322,6 +326,11 @@ impl Thread {
 
     fn meta(&self) -> Meta {
         *lock(&self.ext.shared.meta)
+    }
+
+    /// How many streams of this thread (in this open store) are blocked waiting for a message.
+    pub fn waiting_streams(&self) -> usize {
+        self.ext.shared.waiting.load(Ordering::SeqCst)
     }
 
     /// The thread's name.
@@ -607,6 +616,7 @@ impl Stream {
                 continue;
             }
             let mut g = lock(&shared.meta);
+            let _waiting = Waiting::enter(&shared.waiting);
             while g.next <= self.cursor && !self.thread.store.is_closed() {
                 g = match deadline {
                     None => shared.cv.wait(g).unwrap_or_else(|e| e.into_inner()),
@@ -624,6 +634,22 @@ impl Stream {
                 };
             }
         }
+    }
+}
+
+/// Counts a blocked stream while it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(n: &'a AtomicUsize) -> Waiting<'a> {
+        n.fetch_add(1, Ordering::SeqCst);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
