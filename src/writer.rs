@@ -25,7 +25,7 @@ use crate::segment::{Segment, SegmentInfo};
 use crate::state::{Applied, State};
 use crate::storage::Storage;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
 
@@ -104,10 +104,37 @@ pub struct Log {
     next_segment_id: AtomicU64,
     /// Told when a segment is sealed (the compactor writes its hint and looks for work).
     pub on_seal: OnceLock<Sender<Msg>>,
+    /// Writers that asked for the writer lock and have not released it: a sync leader lets
+    /// them finish their append first, so one fdatasync covers them all.
+    appending: AtomicUsize,
+    /// Writers waiting for a sync led by another: a sign that writers are concurrent.
+    waiters: AtomicUsize,
 }
 
 /// The writer lock, held while deciding and appending one logical write.
-pub type WriterGuard<'a> = MutexGuard<'a, WriterState>;
+pub struct WriterGuard<'a> {
+    guard: MutexGuard<'a, WriterState>,
+    appending: &'a AtomicUsize,
+}
+
+impl std::ops::Deref for WriterGuard<'_> {
+    type Target = WriterState;
+    fn deref(&self) -> &WriterState {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for WriterGuard<'_> {
+    fn deref_mut(&mut self) -> &mut WriterState {
+        &mut self.guard
+    }
+}
+
+impl Drop for WriterGuard<'_> {
+    fn drop(&mut self) {
+        self.appending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Log {
     /// A log appending to `active` from `tail`, with `next_seq` next.
@@ -140,6 +167,8 @@ impl Log {
             syncs: AtomicU64::new(0),
             next_segment_id: AtomicU64::new(next_segment_id),
             on_seal: OnceLock::new(),
+            appending: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
         }
     }
 
@@ -157,7 +186,11 @@ impl Log {
     /// Takes the writer lock; fails if the store is poisoned.
     pub fn lock(&self) -> Result<WriterGuard<'_>> {
         self.poison.check()?;
-        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        self.appending.fetch_add(1, Ordering::SeqCst);
+        let w = WriterGuard {
+            guard: self.writer.lock().unwrap_or_else(|e| e.into_inner()),
+            appending: &self.appending,
+        };
         self.poison.check()?;
         Ok(w)
     }
@@ -317,11 +350,28 @@ impl Log {
             }
             self.poison.check()?;
             if g.leader {
+                self.waiters.fetch_add(1, Ordering::SeqCst);
                 g = self.synced_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
             g.leader = true;
             drop(g);
+            // Let writers on their way append before the sync, so one fdatasync covers them:
+            // yield while any holds or waits for the writer lock, and a few times more for
+            // writers just woken by the previous sync. Bounded; a lone writer only pays the
+            // few yields, which return at once when nothing else is runnable.
+            if self.waiters.load(Ordering::SeqCst) > 0 || self.appending.load(Ordering::SeqCst) > 0
+            {
+                let waited = std::time::Instant::now();
+                let mut idle = 0;
+                while idle < 4 && waited.elapsed() < std::time::Duration::from_micros(200) {
+                    if self.appending.load(Ordering::SeqCst) == 0 {
+                        idle += 1;
+                    }
+                    std::thread::yield_now();
+                }
+            }
             let (seg, target) = {
                 let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
                 (w.active.clone(), w.appended)
