@@ -241,6 +241,10 @@ fn drop_dead(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     Ok(())
 }
 
+/// A written compaction output: the segment, its accounting (no live keys yet) and each
+/// record's (offset, value offset).
+type Output = (Arc<Segment>, SegmentInfo, Vec<(usize, usize)>);
+
 struct Copy<'a> {
     ns: u8,
     key: &'a [u8],
@@ -322,7 +326,7 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     // Group by expiry: outputs then expire whole. Records without expiry (and tombstones) last.
     copies.sort_by_key(|c| (c.expires_at.unwrap_or(u64::MAX), c.seq));
 
-    let mut outputs: Vec<(usize, Arc<Segment>, SegmentInfo, Vec<(usize, usize)>)> = Vec::new();
+    let mut outputs: Vec<(usize, Output)> = Vec::new();
     let mut start = 0;
     while start < copies.len() {
         let mut size = HEADER_LEN;
@@ -335,15 +339,17 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
             size += len;
             end += 1;
         }
-        let (seg, info, positions) = write_output(inner, &copies[start..end], size, report)?;
-        outputs.push((start, seg, info, positions));
+        outputs.push((
+            start,
+            write_output(inner, &copies[start..end], size, report)?,
+        ));
         start = end;
     }
 
     // Publish: repoint what still points at the copies, drop expired leftovers, retire inputs.
     {
         let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
-        for (first, seg, mut info, positions) in outputs.drain(..) {
+        for (first, (seg, mut info, positions)) in outputs.drain(..) {
             let sid = seg.id as u32;
             for (i, (rec_off, val_off)) in positions.into_iter().enumerate() {
                 let c = &copies[first + i];
@@ -399,7 +405,7 @@ fn write_output(
     copies: &[Copy<'_>],
     size: usize,
     report: &mut CompactionReport,
-) -> Result<(Arc<Segment>, SegmentInfo, Vec<(usize, usize)>)> {
+) -> Result<Output> {
     let storage = &*inner.opts.storage;
     let id = inner.log.alloc_segment_id()?;
     let base_seq = copies.iter().map(|c| c.seq).min().unwrap_or(0);

@@ -205,10 +205,10 @@ impl Options {
                 self.ttl.jitter
             ));
         }
-        if let SyncPolicy::Interval(d) = self.sync {
-            if d.is_zero() {
-                return bad("SyncPolicy::Interval needs a non-zero interval".into());
-            }
+        if let SyncPolicy::Interval(d) = self.sync
+            && d.is_zero()
+        {
+            return bad("SyncPolicy::Interval needs a non-zero interval".into());
         }
         if self.ttl.default_ttl == Some(Duration::ZERO) {
             return bad("a default TTL of zero would delete every write; use None".into());

@@ -62,18 +62,17 @@ impl State {
         } else {
             None
         };
-        if op.kind != KIND_PUT {
-            if let Some(info) = self.segments.get_mut(&seg) {
-                info.saw_seq(op.seq);
-            }
+        if op.kind != KIND_PUT
+            && let Some(info) = self.segments.get_mut(&seg)
+        {
+            info.saw_seq(op.seq);
         }
         if replay && current.is_some_and(|c| c.seq >= op.seq) {
             if op.kind == KIND_PUT {
                 if let Some(info) = self.segments.get_mut(&seg) {
                     info.saw_seq(op.seq);
                 }
-            }
-            if op.kind != KIND_PUT {
+            } else {
                 self.add_tombstone_bytes(seg, op);
             }
             return Applied::Stale;

@@ -12,7 +12,7 @@ use crate::options::{Options, SyncPolicy};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::Segment;
 use crate::state::{Applied, State};
-use crate::writer::{Log, Poison, WriterGuard};
+use crate::writer::{Log, LogStart, Poison, WriterGuard};
 use crate::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -287,17 +287,13 @@ impl Store {
         let dir = dir.as_ref().to_path_buf();
         let rec = recovery::recover(&dir, &opts)?;
         let poison = Arc::new(Poison::default());
-        let log = Log::new(
-            dir.clone(),
-            opts.storage.clone(),
-            opts.segment_size,
-            opts.sync,
-            rec.active,
-            rec.tail,
-            rec.next_seq,
-            rec.next_segment_id,
-            poison.clone(),
-        );
+        let start = LogStart {
+            active: rec.active,
+            tail: rec.tail,
+            next_seq: rec.next_seq,
+            next_segment_id: rec.next_segment_id,
+        };
+        let log = Log::new(dir.clone(), &opts, start, poison.clone());
         let seed = opts.clock.now_ms() ^ (Arc::as_ptr(&poison) as u64).rotate_left(32);
         let inner = Arc::new(Inner {
             dir,
@@ -562,10 +558,10 @@ impl Store {
             .extensions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(v) = map.get(&key) {
-            if let Ok(t) = v.clone().downcast::<T>() {
-                return Ok(t);
-            }
+        if let Some(v) = map.get(&key)
+            && let Ok(t) = v.clone().downcast::<T>()
+        {
+            return Ok(t);
         }
         let v = Arc::new(init()?);
         map.insert(key, v.clone());
@@ -706,10 +702,10 @@ impl Inner {
                 _ => None,
             })
             .min();
-        if earliest.is_some_and(|e| e < self.expirer_deadline.load(Ordering::Relaxed)) {
-            if let Some(tx) = self.expirer_tx.get() {
-                let _ = tx.send(Msg::Wake);
-            }
+        if earliest.is_some_and(|e| e < self.expirer_deadline.load(Ordering::Relaxed))
+            && let Some(tx) = self.expirer_tx.get()
+        {
+            let _ = tx.send(Msg::Wake);
         }
         Ok(pos)
     }

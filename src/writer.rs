@@ -20,7 +20,7 @@
 use crate::background::Msg;
 use crate::error::{Error, Result};
 use crate::format::{self, EncOp, HEADER_LEN, Op};
-use crate::options::SyncPolicy;
+use crate::options::{Options, SyncPolicy};
 use crate::segment::{Segment, SegmentInfo};
 use crate::state::{Applied, State};
 use crate::storage::Storage;
@@ -64,6 +64,19 @@ impl Poison {
     pub fn is_set(&self) -> bool {
         self.set.load(Ordering::Acquire)
     }
+}
+
+/// Where a reopened log continues.
+#[derive(Debug)]
+pub struct LogStart {
+    /// The segment to append to.
+    pub active: Arc<Segment>,
+    /// The offset of the next record in it.
+    pub tail: usize,
+    /// The sequence of the next record.
+    pub next_seq: u64,
+    /// The id of the next new segment.
+    pub next_segment_id: u64,
 }
 
 /// The writer's state, behind the writer lock.
@@ -138,22 +151,18 @@ impl Drop for WriterGuard<'_> {
 
 impl Log {
     /// A log appending to `active` from `tail`, with `next_seq` next.
-    pub fn new(
-        dir: PathBuf,
-        storage: Arc<dyn Storage>,
-        segment_size: u64,
-        policy: SyncPolicy,
-        active: Arc<Segment>,
-        tail: usize,
-        next_seq: u64,
-        next_segment_id: u64,
-        poison: Arc<Poison>,
-    ) -> Log {
+    pub fn new(dir: PathBuf, opts: &Options, start: LogStart, poison: Arc<Poison>) -> Log {
+        let LogStart {
+            active,
+            tail,
+            next_seq,
+            next_segment_id,
+        } = start;
         Log {
             dir,
-            storage,
-            segment_size,
-            policy,
+            storage: opts.storage.clone(),
+            segment_size: opts.segment_size,
+            policy: opts.sync,
             writer: Mutex::new(WriterState {
                 active,
                 tail,
@@ -415,6 +424,9 @@ impl Log {
     }
 }
 
+// The mapping hands out bytes through a raw pointer: a `&mut` from a shared `Segment` is the
+// point, made sound by the single-writer rule stated below.
+#[allow(clippy::mut_from_ref)]
 fn mapped_mut(seg: &Segment, start: usize, len: usize) -> &mut [u8] {
     let end = start.checked_add(len).filter(|&e| e <= seg.map.len());
     assert!(end.is_some(), "write past the active segment's mapping");
