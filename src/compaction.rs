@@ -15,8 +15,11 @@
 //!    repointed (a short write lock), and the inputs are unlinked.
 //!
 //! **Tombstones.** A delete or expire record for key `k` with sequence `s` may be dropped only if
-//! no other segment that could hold an older record of `k` remains: no segment outside the ones
-//! being removed has both a smallest sequence below `s` and `k`'s hash in its key filter. Crash
+//! no other segment that could hold an older record of `k` remains: no segment other than the
+//! tombstone's own has both a smallest sequence below `s` and `k`'s hash in its key filter. Other
+//! inputs of the same rewrite count as remaining: they are unlinked one by one, and a stop between
+//! two unlinks must not leave an older record without its tombstone. Such a tombstone is copied
+//! forward and dropped by a later pass, once the older record's segment is gone. Crash
 //! safety: every step leaves a directory that opens with the same contents (FORMAT.md,
 //! "Compaction").
 
@@ -170,12 +173,12 @@ fn build_filters(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// True if a tombstone for (`ns`, `key`) with sequence `seq` must be kept when the segments in
-/// `removing` go away.
-fn tombstone_needed(st: &State, removing: &HashSet<u32>, ns: u8, key: &[u8], seq: u64) -> bool {
+/// True if a tombstone for (`ns`, `key`) with sequence `seq`, held by segment `own`, must be
+/// kept when `own` goes away.
+fn tombstone_needed(st: &State, own: u32, ns: u8, key: &[u8], seq: u64) -> bool {
     let h = key_hash(ns, key);
     st.segments.iter().any(|(id, info)| {
-        !removing.contains(id)
+        *id != own
             && info.min_seq < seq
             && info
                 .key_filter
@@ -216,10 +219,9 @@ fn drop_dead(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                     .map(|(_, op)| (op.ns, op.key.to_vec(), op.seq))
                     .collect();
             let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
-            let removing = HashSet::from([id]);
             if tombstones
                 .iter()
-                .any(|(ns, k, s)| tombstone_needed(&st, &removing, *ns, k, *s))
+                .any(|(ns, k, s)| tombstone_needed(&st, id, *ns, k, *s))
             {
                 continue;
             }
@@ -308,7 +310,7 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                         tombstone: None,
                     });
                 }
-            } else if tombstone_needed(&st, &removing, op.ns, op.key, op.seq) {
+            } else if tombstone_needed(&st, *id, op.ns, op.key, op.seq) {
                 report.tombstones_kept += 1;
                 copies.push(Copy {
                     ns: op.ns,

@@ -165,3 +165,52 @@ fn a_crash_at_any_step_reopens_with_the_same_contents() {
         check(&store, &expected, point);
     }
 }
+
+/// A rewrite whose inputs hold both a tombstone and the older record it hides must not drop the
+/// tombstone: a stop between two unlinks would leave the older record without it.
+#[test]
+fn a_stop_between_unlinks_of_one_rewrite_resurrects_nothing() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    for skip in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let o = || {
+            Options::default()
+                .sync(SyncPolicy::Never)
+                .segment_size(4096)
+                .clock(clock.clone())
+                .background_threads(false)
+        };
+        let store = Store::open_with(dir.path(), o()).unwrap();
+        store.put(b"k", &[7; 1000]).unwrap();
+        store.put(b"x", &[1; 100]).unwrap();
+        for i in 0..40u8 {
+            store.put(b"f", &[i; 100]).unwrap();
+        }
+        store.compact().unwrap();
+        // The delete lands in a log segment whose id is lower than the compacted output that
+        // holds the older put.
+        store.delete(b"k").unwrap();
+        for i in 0..40u8 {
+            store.put(b"g", &[i; 100]).unwrap();
+        }
+        failpoints::arm("compaction.before_unlink", Action::Error, skip);
+        let _ = store.compact();
+        failpoints::clear();
+        assert_eq!(store.get(b"k").unwrap(), None);
+        drop(store);
+        let store = Store::open_with(dir.path(), o()).unwrap();
+        assert_eq!(
+            store.get(b"k").unwrap(),
+            None,
+            "k came back (stop at unlink {skip})"
+        );
+        assert_eq!(store.get(b"x").unwrap().unwrap(), vec![1; 100]);
+        for _ in 0..4 {
+            store.compact().unwrap();
+        }
+        drop(store);
+        let store = Store::open_with(dir.path(), o()).unwrap();
+        assert_eq!(store.get(b"k").unwrap(), None);
+    }
+}
