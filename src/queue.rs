@@ -1298,8 +1298,24 @@ impl Queue {
 
     /// Removes every dead letter; returns how many.
     pub fn purge_dead(&self) -> Result<usize> {
-        let mut g = self.settle(self.view())?;
+        let g = self.settle(self.view())?;
         let ids: Vec<String> = g.dead.iter().map(|(_, id)| id.clone()).collect();
+        self.remove_all(g, ids)
+    }
+
+    /// Removes every task, whatever its state (ready, delayed, leased, dead), in one atomic
+    /// write; returns how many. The leases of removed tasks are refused afterwards.
+    pub fn clear(&self) -> Result<usize> {
+        let mut g = self.settle(self.view())?;
+        while g.tasks.values().any(|e| e.busy) {
+            g = self.wait(g, None);
+        }
+        let ids: Vec<String> = g.tasks.keys().cloned().collect();
+        self.remove_all(g, ids)
+    }
+
+    /// Deletes the tasks `ids` (not busy) in one batch.
+    fn remove_all<'a>(&'a self, mut g: MutexGuard<'a, View>, ids: Vec<String>) -> Result<usize> {
         let mut b = self.ks.batch();
         for id in &ids {
             g.begin(id);

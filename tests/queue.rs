@@ -575,3 +575,37 @@ fn concurrent_workers_get_each_task_exactly_once() {
     assert_eq!(unique.len(), N);
     assert!(q.is_empty().unwrap());
 }
+
+#[test]
+fn clear_removes_every_task_and_voids_its_leases() {
+    let (dir, clock, store) = setup();
+    let q = store
+        .queue_with("jobs", QueueOptions::default().max_attempts(1))
+        .unwrap();
+    q.push(b"ready").unwrap();
+    q.push_with(b"delayed", PushOptions::new().delay(secs(9)))
+        .unwrap();
+    let third = q.push(b"third").unwrap();
+    let t = q.pop(Duration::ZERO).unwrap().unwrap();
+    q.nack(&t, Duration::ZERO).unwrap();
+    assert_eq!(q.task(&t.id).unwrap().unwrap().state, TaskState::Dead);
+    let leased = q.pop(Duration::ZERO).unwrap().unwrap();
+    assert_eq!(
+        q.stats().unwrap(),
+        QueueStats {
+            ready: 0,
+            in_flight: 1,
+            delayed: 1,
+            dead: 1
+        }
+    );
+    assert_eq!(leased.id, third);
+    assert_eq!(q.clear().unwrap(), 3);
+    assert!(is_rejected(&q.ack(&leased).unwrap_err()));
+    assert_eq!(q.stats().unwrap(), QueueStats::default());
+    drop(q);
+    let store = reopen(&dir, &clock, store);
+    let q = store.queue("jobs").unwrap();
+    assert!(q.list().unwrap().is_empty());
+    assert_eq!(q.clear().unwrap(), 0);
+}
