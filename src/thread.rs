@@ -416,9 +416,18 @@ impl Thread {
     /// between expired or were trimmed, the result starts at the first live one after them.
     pub fn read(&self, from_offset: u64, limit: usize) -> Result<Vec<Message>> {
         let meta = self.meta();
-        let start = from_offset.max(meta.floor);
+        let mut start = from_offset.max(meta.floor);
         let mut out = Vec::new();
-        if limit == 0 || start >= meta.next {
+        // Messages are mostly contiguous: look them up one by one while they are there (one
+        // index lookup each), and scan past a gap.
+        while out.len() < limit && start < meta.next {
+            let Some(v) = self.ks.get(&msg_key(&self.prefix, start))? else {
+                break;
+            };
+            out.push(self.decode(start, &v)?);
+            start += 1;
+        }
+        if out.len() >= limit || start >= meta.next {
             return Ok(out);
         }
         let scan = if start == 0 {
@@ -435,18 +444,21 @@ impl Thread {
             if off < start {
                 continue;
             }
-            let msg = decode_message(off, &v).ok_or_else(|| Error::Rejected {
-                reason: format!(
-                    "thread {:?}: message {off} is not in a format this version reads",
-                    &*self.name
-                ),
-            })?;
-            out.push(msg);
+            out.push(self.decode(off, &v)?);
             if out.len() >= limit {
                 break;
             }
         }
         Ok(out)
+    }
+
+    fn decode(&self, off: u64, v: &[u8]) -> Result<Message> {
+        decode_message(off, v).ok_or_else(|| Error::Rejected {
+            reason: format!(
+                "thread {:?}: message {off} is not in a format this version reads",
+                &*self.name
+            ),
+        })
     }
 
     /// The offset of the first live message, or [`Thread::next_offset`] if there is none.
