@@ -646,12 +646,12 @@ impl View {
     }
 
     fn remove_idle(&mut self, id: &str) {
-        if let Some(e) = self.tasks.get(id) {
-            if !e.busy {
-                let rec = e.rec.clone();
-                self.unindex(id, &rec);
-                self.tasks.remove(id);
-            }
+        if let Some(e) = self.tasks.get(id)
+            && !e.busy
+        {
+            let rec = e.rec.clone();
+            self.unindex(id, &rec);
+            self.tasks.remove(id);
         }
     }
 
@@ -1146,11 +1146,11 @@ impl Queue {
                 Some(d) => Some(d - now_i),
                 None => None,
             };
-            if let Some((due, _)) = g.timed.first() {
-                if let Some(rw) = self.store.clock().real_wait(*due) {
-                    let rw = rw.max(Duration::from_millis(1));
-                    wait = Some(wait.map_or(rw, |w| w.min(rw)));
-                }
+            if let Some((due, _)) = g.timed.first()
+                && let Some(rw) = self.store.clock().real_wait(*due)
+            {
+                let rw = rw.max(Duration::from_millis(1));
+                wait = Some(wait.map_or(rw, |w| w.min(rw)));
             }
             g = self.wait(g, wait);
         }

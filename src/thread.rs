@@ -247,10 +247,10 @@ impl Store {
         for item in self.namespace(Namespace::THREADS).scan_prefix(b"m/") {
             let (k, v) = item?;
             let name = k.get(2..).and_then(|n| std::str::from_utf8(n).ok());
-            if let (Some(name), Some(meta)) = (name, Meta::decode(&v)) {
-                if !meta.deleted {
-                    out.push(name.to_string());
-                }
+            if let (Some(name), Some(meta)) = (name, Meta::decode(&v))
+                && !meta.deleted
+            {
+                out.push(name.to_string());
             }
         }
         Ok(out)
