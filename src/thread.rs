@@ -500,16 +500,21 @@ impl Thread {
         if target <= meta.floor {
             return Ok(0);
         }
-        let keys: Vec<Vec<u8>> = self
-            .ks
-            .keys_with_prefix(&self.prefix, usize::MAX)
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| offset_of(&self.prefix, k).is_some_and(|o| o < target))
-            .collect();
+        // In offset order: stop at the target instead of listing the whole thread.
+        let mut keys = Vec::new();
+        let mut live = 0;
+        for item in self.ks.scan_prefix(&self.prefix) {
+            let (k, _) = item?;
+            match offset_of(&self.prefix, &k) {
+                Some(o) if o >= target => break,
+                Some(o) => live += usize::from(o >= meta.floor),
+                None => continue,
+            }
+            keys.push(k);
+        }
         meta.floor = target;
         self.remove_keys(&keys, meta)?;
-        Ok(keys.len())
+        Ok(live)
     }
 
     /// Deletes the whole thread: its messages and its place in [`Store::threads`]. Its next
