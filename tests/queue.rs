@@ -609,3 +609,70 @@ fn clear_removes_every_task_and_voids_its_leases() {
     assert!(q.list().unwrap().is_empty());
     assert_eq!(q.clear().unwrap(), 0);
 }
+
+#[test]
+fn racing_lease_expiry_never_lets_two_workers_complete_one_task() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let (_d, clock, store) = setup();
+    let q = store
+        .queue_with(
+            "jobs",
+            QueueOptions::default()
+                .visibility_timeout(Duration::from_millis(10))
+                .max_attempts(u32::MAX),
+        )
+        .unwrap();
+    const N: usize = 300;
+    for i in 0..N {
+        q.push(format!("{i}").as_bytes()).unwrap();
+    }
+    let done = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let advancer = {
+        let (clock, done) = (clock.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                clock.advance(Duration::from_millis(3));
+                std::thread::yield_now();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (q, done, acked, refused) =
+                (q.clone(), done.clone(), acked.clone(), refused.clone());
+            std::thread::spawn(move || {
+                while !done.load(Ordering::SeqCst) {
+                    let Some(t) = q.pop(Duration::from_millis(50)).unwrap() else {
+                        continue;
+                    };
+                    match q.ack(&t) {
+                        Ok(()) => {
+                            let mut a = acked.lock().unwrap();
+                            a.push(t.id.clone());
+                            if a.len() == N {
+                                done.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        Err(Error::Rejected { .. }) => {
+                            refused.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    eventually("every task acknowledged", || done.load(Ordering::SeqCst));
+    for w in workers {
+        w.join().unwrap();
+    }
+    advancer.join().unwrap();
+    let acked = acked.lock().unwrap();
+    let unique: HashSet<&TaskId> = acked.iter().collect();
+    assert_eq!(unique.len(), acked.len(), "a task was completed twice");
+    assert_eq!(acked.len(), N);
+    assert_eq!(q.stats().unwrap(), QueueStats::default());
+    eprintln!("{} acks refused as stale", refused.load(Ordering::SeqCst));
+}
