@@ -157,7 +157,7 @@ fn main() {
         rows.push((
             format!("queue push+pop+ack, {workers} worker(s), SyncPolicy::Always"),
             format!("{rate:.0} cycles/s"),
-            format!("{syncs} fdatasyncs for 3 durable writes per cycle"),
+            format!("{syncs} fdatasyncs in all; 3 durable writes per cycle"),
         ));
     }
     let (append_always, _dir_a, _) = thread_appends(&a, SyncPolicy::Always);
