@@ -22,9 +22,11 @@
 
 mod fault;
 mod os;
+mod sim;
 
 pub use fault::{FaultKind, FaultStorage, Faults};
 pub use os::OsStorage;
+pub use sim::{CrashMode, SimStorage};
 
 use std::any::Any;
 use std::fmt;
