@@ -1,0 +1,239 @@
+//! Fault injection through `FaultStorage` over the real file system: a full disk (ENOSPC) when a
+//! write needs a new segment, a failed fsync (EIO), and failing renames, directory syncs, writes
+//! and reads. A full disk is an error the caller can recognise (`Error::is_disk_full`), leaves the
+//! store readable and writable again once space is back; a failed fsync poisons the store (later
+//! writes return `Error::Poisoned`, reads work, a reopen recovers); every other failure is
+//! `Error::Io`, never corruption. Runs in well under a second; no environment variables.
+
+use std::path::Path;
+use std::sync::Arc;
+use ttlstore::storage::{FaultKind, FaultStorage, Faults, OsStorage};
+use ttlstore::{Error, ManualClock, Options, Store, SyncPolicy};
+
+const T0: u64 = 1_700_000_000_000;
+const EIO: i32 = 5;
+const ENOSPC: i32 = 28;
+
+fn open(dir: &Path) -> (Store, Arc<Faults>) {
+    let (fs, faults) = FaultStorage::new(Arc::new(OsStorage));
+    let opts = Options::default()
+        .sync(SyncPolicy::Always)
+        .segment_size(4096)
+        .background_threads(false)
+        .clock(Arc::new(ManualClock::new(T0)))
+        .storage(fs);
+    (Store::open_with(dir, opts).unwrap(), faults)
+}
+
+fn key(i: u32) -> Vec<u8> {
+    format!("key{i:05}").into_bytes()
+}
+
+fn value(i: u32) -> Vec<u8> {
+    format!("value-{i}-").repeat(10).into_bytes()
+}
+
+fn errno(e: &Error) -> Option<i32> {
+    match e {
+        Error::Io { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Writes keys from `from` until a write fails (at most `limit`); returns the first failing index
+/// and its error.
+fn write_until_error(store: &Store, from: u32, limit: u32) -> (u32, Error) {
+    for i in from..from + limit {
+        if let Err(e) = store.put(&key(i), &value(i)) {
+            return (i, e);
+        }
+    }
+    panic!("no write failed in {limit} attempts");
+}
+
+fn check_present(store: &Store, range: std::ops::Range<u32>) {
+    for i in range {
+        assert_eq!(store.get(&key(i)).unwrap().unwrap(), value(i), "key {i}");
+    }
+}
+
+#[test]
+fn a_full_disk_fails_the_write_that_needs_a_segment_and_the_store_recovers_when_space_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = open(dir.path());
+    for i in 0..10 {
+        store.put(&key(i), &value(i)).unwrap();
+    }
+    faults.inject(FaultKind::Allocate, ENOSPC, u64::MAX);
+    let (failed, err) = write_until_error(&store, 10, 1000);
+    assert!(
+        err.is_disk_full(),
+        "a full disk must be recognisable, got {err:?}"
+    );
+    assert!(faults.calls(FaultKind::Allocate) >= 1);
+    // Nothing changed: the failed write is absent, everything before it readable.
+    assert_eq!(store.get(&key(failed)).unwrap(), None);
+    check_present(&store, 0..failed);
+    assert!(
+        !store.stats().poisoned,
+        "a full disk is not a reason to poison the store"
+    );
+    // Still full: the next write that needs a segment fails the same way.
+    let again = store.put(&key(failed), &value(failed)).unwrap_err();
+    assert!(again.is_disk_full(), "{again:?}");
+    // Space is back.
+    faults.clear(FaultKind::Allocate);
+    for i in failed..failed + 200 {
+        store.put(&key(i), &value(i)).unwrap();
+    }
+    check_present(&store, 0..failed + 200);
+    drop(store);
+    let (store, _) = open(dir.path());
+    check_present(&store, 0..failed + 200);
+    assert_eq!(store.stats().live_keys, u64::from(failed + 200));
+}
+
+#[test]
+fn a_full_disk_when_creating_the_segment_file_is_also_a_recoverable_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = open(dir.path());
+    faults.inject(FaultKind::Create, ENOSPC, u64::MAX);
+    let (failed, err) = write_until_error(&store, 0, 1000);
+    assert!(err.is_disk_full(), "{err:?}");
+    check_present(&store, 0..failed);
+    faults.clear_all();
+    store.put(&key(failed), &value(failed)).unwrap();
+    drop(store);
+    let (store, _) = open(dir.path());
+    check_present(&store, 0..failed + 1);
+}
+
+#[test]
+fn a_failed_fsync_poisons_the_store_reads_still_work_and_a_reopen_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = open(dir.path());
+    for i in 0..20 {
+        store.put(&key(i), &value(i)).unwrap();
+    }
+    faults.inject(FaultKind::Sync, EIO, 1);
+    let err = store.put(&key(20), &value(20)).unwrap_err();
+    assert!(
+        matches!(err, Error::Io { .. }) && errno(&err) == Some(EIO),
+        "the failed fsync itself: {err:?}"
+    );
+    assert!(store.stats().poisoned);
+    // The fault is gone, but the store no longer promises durability: every write is refused.
+    for e in [
+        store.put(&key(21), &value(21)).unwrap_err(),
+        store.delete(&key(0)).unwrap_err(),
+        store.sync().unwrap_err(),
+    ] {
+        assert!(
+            matches!(e, Error::Poisoned { .. }),
+            "expected Poisoned, got {e:?}"
+        );
+    }
+    check_present(&store, 0..20);
+    assert_eq!(store.get(&key(21)).unwrap(), None);
+    drop(store);
+    let (store, _) = open(dir.path());
+    check_present(&store, 0..20);
+    assert!(!store.stats().poisoned);
+    store.put(&key(21), &value(21)).unwrap();
+}
+
+#[test]
+fn a_failed_directory_sync_at_rotation_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = open(dir.path());
+    faults.inject(FaultKind::SyncDir, EIO, u64::MAX);
+    let (failed, err) = write_until_error(&store, 0, 1000);
+    assert!(
+        matches!(err, Error::Io { .. }) && errno(&err) == Some(EIO),
+        "{err:?}"
+    );
+    check_present(&store, 0..failed);
+    faults.clear_all();
+    // Whether or not the store refuses further writes (a failed directory sync poisons it),
+    // nothing acknowledged is lost across a reopen.
+    let mut acked = failed;
+    while acked < failed + 50 && store.put(&key(acked), &value(acked)).is_ok() {
+        acked += 1;
+    }
+    drop(store);
+    let (store, _) = open(dir.path());
+    check_present(&store, 0..failed);
+    check_present(&store, failed + 1..acked);
+}
+
+#[test]
+fn a_failed_write_of_a_new_segment_header_is_an_io_error_and_leaves_the_store_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = open(dir.path());
+    faults.inject(FaultKind::Write, EIO, u64::MAX);
+    let (failed, err) = write_until_error(&store, 0, 1000);
+    assert!(
+        matches!(err, Error::Io { .. }) && errno(&err) == Some(EIO),
+        "{err:?}"
+    );
+    check_present(&store, 0..failed);
+    faults.clear_all();
+    store.put(&key(failed), &value(failed)).unwrap();
+    drop(store);
+    let (store, _) = open(dir.path());
+    check_present(&store, 0..failed + 1);
+}
+
+#[test]
+fn a_failed_rename_in_compaction_is_an_io_error_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, faults) = open(dir.path());
+    // Several sealed segments, mostly dead, so compaction has hints to write and segments to
+    // rewrite (both publish by rename).
+    for round in 0..3 {
+        for i in 0..60 {
+            store.put(&key(i), &value(i + round)).unwrap();
+        }
+    }
+    for i in 0..60 {
+        store.put(&key(i), &value(i)).unwrap();
+    }
+    faults.inject(FaultKind::Rename, EIO, u64::MAX);
+    let err = store.compact().unwrap_err();
+    assert!(
+        matches!(err, Error::Io { .. }) && errno(&err) == Some(EIO),
+        "{err:?}"
+    );
+    assert!(faults.calls(FaultKind::Rename) >= 1);
+    check_present(&store, 0..60);
+    faults.clear_all();
+    store.compact().unwrap();
+    check_present(&store, 0..60);
+    drop(store);
+    let (store, _) = open(dir.path());
+    check_present(&store, 0..60);
+    assert_eq!(store.stats().live_keys, 60);
+}
+
+#[test]
+fn a_read_error_at_open_is_an_io_error_never_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    for i in 0..100 {
+        store.put(&key(i), &value(i)).unwrap();
+    }
+    drop(store);
+    let (fs, faults) = FaultStorage::new(Arc::new(OsStorage));
+    faults.inject(FaultKind::Read, EIO, u64::MAX);
+    let opts = Options::default()
+        .segment_size(4096)
+        .background_threads(false)
+        .storage(fs);
+    match Store::open_with(dir.path(), opts) {
+        Err(e @ Error::Io { .. }) => assert_eq!(errno(&e), Some(EIO)),
+        Err(e) => panic!("a read error must be reported as Error::Io, got {e:?}"),
+        Ok(_) => panic!("the open read nothing and still succeeded"),
+    }
+    let (store, _) = open(dir.path());
+    check_present(&store, 0..100);
+}
