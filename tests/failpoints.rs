@@ -56,12 +56,19 @@ fn child_ops() -> impl Iterator<Item = (u64, Option<(u64, u64)>)> {
         x ^= x >> 7;
         x ^= x << 17;
         let i = x % KEYS;
-        if x % 9 == 0 {
+        if x.is_multiple_of(9) {
             (i, None)
         } else {
             (
                 i,
-                Some((n, if x % 3 == 0 { 1000 * (1 + x % 50) } else { 0 })),
+                Some((
+                    n,
+                    if x.is_multiple_of(3) {
+                        1000 * (1 + x % 50)
+                    } else {
+                        0
+                    },
+                )),
             )
         }
     })
@@ -102,9 +109,10 @@ fn failpoint_child() {
     emit("@DONE");
 }
 
-type Model = BTreeMap<Vec<u8>, (Vec<u8>, Option<u64>)>;
+type Entry = (Vec<u8>, Option<u64>);
+type Model = BTreeMap<Vec<u8>, Entry>;
 
-fn parse_op(s: &str) -> (Vec<u8>, Option<(Vec<u8>, Option<u64>)>) {
+fn parse_op(s: &str) -> (Vec<u8>, Option<Entry>) {
     let w: Vec<&str> = s.split(' ').collect();
     let k = key(w[0].parse().unwrap());
     if w[1] == "del" {
