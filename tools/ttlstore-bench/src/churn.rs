@@ -43,7 +43,7 @@ pub struct Params {
     /// Offered puts per second.
     pub rate: u64,
     pub ttl_ms: u64,
-    /// How often peers sweep expired keys.
+    /// How often peers sweep expired keys and sync.
     pub sweep_every: Duration,
 }
 
@@ -95,6 +95,9 @@ pub fn run(engine: Engine, variant: Variant, p: Params, base: &Path, vals: &Valu
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(every);
                 kv.sweep(now_ms())?;
+                // Like ttlstore's default SyncPolicy::Interval(1 s): writes reach the disk
+                // within about a second in every engine.
+                kv.sync()?;
             }
             Ok(())
         })
@@ -172,16 +175,16 @@ fn drive(
                     }
                 }
             };
-            if let ChurnOp::Put { id, .. } = op {
-                if id == next_id {
-                    next_id += 1;
-                }
+            if let ChurnOp::Put { id, .. } = op
+                && id == next_id
+            {
+                next_id += 1;
             }
             ops.push(op);
         }
         let now = now_ms();
         let steady = start.elapsed() >= p.duration / 2;
-        let before = start.elapsed() < Duration::from_millis(p.ttl_ms.min(1000 * 3600));
+        let before = !steady && start.elapsed() < Duration::from_millis(p.ttl_ms);
         // One call per op, except redb: one transaction per group (see engines.rs).
         let per_call: usize = if engine == Engine::Redb { GROUP } else { 1 };
         for chunk in ops.chunks(per_call) {

@@ -274,11 +274,11 @@ impl Kv for Fjall {
             let Some((exp, dk)) = parse_index(&ik) else {
                 continue;
             };
-            if let Some(v) = self.ks.get(&dk)? {
-                if stored_expiry(&v) == Some(exp) {
-                    b.remove(&self.ks, dk);
-                    removed += 1;
-                }
+            if let Some(v) = self.ks.get(&dk)?
+                && stored_expiry(&v) == Some(exp)
+            {
+                b.remove(&self.ks, dk);
+                removed += 1;
             }
             b.remove(&self.ks, ik);
             if b.len() >= 1024 {
@@ -510,11 +510,11 @@ impl Kv for Sled {
             let Some((exp, dk)) = parse_index(&ik) else {
                 continue;
             };
-            if let Some(v) = self.db.get(&dk)? {
-                if stored_expiry(&v) == Some(exp) {
-                    b.remove(dk);
-                    removed += 1;
-                }
+            if let Some(v) = self.db.get(&dk)?
+                && stored_expiry(&v) == Some(exp)
+            {
+                b.remove(dk);
+                removed += 1;
             }
             b.remove(ik);
             pending += 1;

@@ -36,6 +36,7 @@ pub fn sync_rate(base: &Path, target: Target, dur: Duration) -> R<SyncFigures> {
     let path = dir.path().join("limits");
     let f = OpenOptions::new()
         .create(true)
+        .truncate(true)
         .read(true)
         .write(true)
         .open(&path)?;

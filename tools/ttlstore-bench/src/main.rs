@@ -167,6 +167,34 @@ fn run(cfg: &Cfg) -> R<()> {
             .as_ref()
             .map_or("not installed".to_string(), |p| p.display().to_string())
     );
+    // First, while the disk is quiet (no writeback left over from the engines).
+    if wants(cfg, "limits") {
+        eprintln!("[{:>5.0}s] limits", t0.elapsed().as_secs_f64());
+        for (name, target) in [
+            (
+                "4 KiB append growing the file + fdatasync",
+                limits::Target::Grow,
+            ),
+            (
+                "4 KiB into fallocated (unwritten) space + fdatasync",
+                limits::Target::Fallocated,
+            ),
+            (
+                "4 KiB into already-written space + fdatasync",
+                limits::Target::Prewritten,
+            ),
+        ] {
+            let f = limits::sync_rate(&cfg.base, target, Duration::from_millis(1500))?;
+            table.limit(&format!("{name}: syncs/s"), f.per_sec);
+            table.limit(&format!("{name}: p50 µs"), f.p50_us);
+            table.limit(&format!("{name}: p99 µs"), f.p99_us);
+        }
+        let bw = limits::seq_write(&cfg.base, 512 << 20)?;
+        table.limit(
+            "sequential write 512 MiB (1 MiB writes) + one fdatasync: MB/s",
+            bw / 1e6,
+        );
+    }
     let dataset = ["fill", "read", "reopen", "scan", "memory"]
         .iter()
         .any(|w| wants(cfg, w));
@@ -186,15 +214,16 @@ fn run(cfg: &Cfg) -> R<()> {
                 );
                 dataset_round(engine, cfg, keys, &vals, &mut table)?;
             }
-            if redis_on && (wants(cfg, "fill") || wants(cfg, "read")) {
-                if let Some(bin) = &redis_bin {
-                    eprintln!(
-                        "[{:>5.0}s] dataset round {} redis",
-                        t0.elapsed().as_secs_f64(),
-                        round + 1
-                    );
-                    redis_dataset(bin, cfg, &vals, &mut table)?;
-                }
+            if redis_on
+                && (wants(cfg, "fill") || wants(cfg, "read"))
+                && let Some(bin) = &redis_bin
+            {
+                eprintln!(
+                    "[{:>5.0}s] dataset round {} redis",
+                    t0.elapsed().as_secs_f64(),
+                    round + 1
+                );
+                redis_dataset(bin, cfg, &vals, &mut table)?;
             }
         }
     }
@@ -227,18 +256,16 @@ fn run(cfg: &Cfg) -> R<()> {
                     }
                 }
             }
-            if redis_on {
-                if let Some(bin) = &redis_bin {
-                    for threads in [1, 8] {
-                        let ops = redis_durable(bin, cfg, threads, &vals)?;
-                        table.add(
-                            "fill-durable",
-                            &format!("{threads} writer(s): durable puts/s"),
-                            true,
-                            Col::Redis,
-                            ops,
-                        );
-                    }
+            if redis_on && let Some(bin) = &redis_bin {
+                for threads in [1, 8] {
+                    let ops = redis_durable(bin, cfg, threads, &vals)?;
+                    table.add(
+                        "fill-durable",
+                        &format!("{threads} writer(s): durable puts/s"),
+                        true,
+                        Col::Redis,
+                        ops,
+                    );
                 }
             }
         }
@@ -330,33 +357,6 @@ fn run(cfg: &Cfg) -> R<()> {
             }
         }
     }
-    if wants(cfg, "limits") {
-        eprintln!("[{:>5.0}s] limits", t0.elapsed().as_secs_f64());
-        for (name, target) in [
-            (
-                "4 KiB append growing the file + fdatasync",
-                limits::Target::Grow,
-            ),
-            (
-                "4 KiB into fallocated (unwritten) space + fdatasync",
-                limits::Target::Fallocated,
-            ),
-            (
-                "4 KiB into already-written space + fdatasync",
-                limits::Target::Prewritten,
-            ),
-        ] {
-            let f = limits::sync_rate(&cfg.base, target, Duration::from_millis(1500))?;
-            table.limit(&format!("{name}: syncs/s"), f.per_sec);
-            table.limit(&format!("{name}: p50 µs"), f.p50_us);
-            table.limit(&format!("{name}: p99 µs"), f.p99_us);
-        }
-        let bw = limits::seq_write(&cfg.base, 512 << 20)?;
-        table.limit(
-            "sequential write 512 MiB (1 MiB writes) + one fdatasync: MB/s",
-            bw / 1e6,
-        );
-    }
     println!();
     print!("{}", table.render(redis_on));
     print!("{}", report::targets(&table, keys));
@@ -370,6 +370,7 @@ fn dataset_round(engine: Engine, cfg: &Cfg, keys: u64, vals: &Values, table: &mu
     let dir = tempfile::tempdir_in(&cfg.base)?;
     let path = dir.path();
     let c = Col::Engine(engine);
+    let written0 = util::process_write_bytes();
     let kv = engines::open(engine, path, Mode::Buffered)?;
     let (res, t_fill) = timed(|| -> R<()> {
         kv.fill(vals, 0, keys)?;
@@ -378,12 +379,21 @@ fn dataset_round(engine: Engine, cfg: &Cfg, keys: u64, vals: &Values, table: &mu
     res?;
     table.add(
         "fill",
-        "puts/s (1M sequential keys, then one sync)",
+        "puts/s (sequential keys, then one sync)",
         true,
         c,
         keys as f64 / t_fill.as_secs_f64(),
     );
     drop(kv);
+    let user = keys as f64 * (util::KEY_LEN + util::VAL_LEN) as f64;
+    let written = util::process_write_bytes().saturating_sub(written0) as f64;
+    table.add(
+        "fill",
+        "bytes written to storage by close / user bytes (lower better)",
+        false,
+        c,
+        written / user,
+    );
     let (apparent, allocated) = dir_bytes(path);
     table.add(
         "fill",
@@ -400,7 +410,7 @@ fn dataset_round(engine: Engine, cfg: &Cfg, keys: u64, vals: &Values, table: &mu
         allocated as f64 / 1e6,
     );
     let need_open = ["read", "reopen", "scan"].iter().any(|w| wants(cfg, w));
-    if !need_open && !(engine == Engine::Ttlstore && wants(cfg, "memory")) {
+    if !(need_open || engine == Engine::Ttlstore && wants(cfg, "memory")) {
         return Ok(());
     }
     let per_m = 1e6 / keys as f64;
@@ -669,7 +679,7 @@ fn redis_dataset(bin: &Path, cfg: &Cfg, vals: &Values, table: &mut Table) -> R<(
     if wants(cfg, "fill") {
         table.add(
             "fill",
-            "puts/s (1M sequential keys, then one sync)",
+            "puts/s (sequential keys, then one sync)",
             true,
             Col::Redis,
             keys as f64 / t.as_secs_f64(),

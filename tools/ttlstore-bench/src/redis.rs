@@ -58,10 +58,10 @@ impl Server {
         // Bounded wait for the server to accept connections.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Ok(mut c) = server.connect() {
-                if c.call(&[b"PING"]).is_ok() {
-                    return Ok(server);
-                }
+            if let Ok(mut c) = server.connect()
+                && c.call(&[b"PING"]).is_ok()
+            {
+                return Ok(server);
             }
             if let Some(status) = server.child.try_wait()? {
                 return Err(format!("redis-server exited at start: {status}").into());

@@ -82,6 +82,9 @@ impl Table {
     /// The markdown table.
     pub fn render(&self, redis_ran: bool) -> String {
         let mut out = String::new();
+        if self.rows.is_empty() {
+            return self.render_limits();
+        }
         let peers = [Engine::Fjall, Engine::Redb, Engine::Sled];
         let _ = writeln!(
             out,
@@ -119,7 +122,9 @@ impl Table {
             let ours = cell(Col::Engine(Engine::Ttlstore));
             for col in peers.iter().map(|&p| Col::Engine(p)).chain([Col::Redis]) {
                 let r = match (ours, cell(col)) {
-                    (Some(a), Some(b)) if b.median != 0.0 => format!("{:.2}x", a.median / b.median),
+                    (Some(a), Some(b)) if b.median != 0.0 && (a.median / b.median).is_finite() => {
+                        format!("{:.2}x", a.median / b.median)
+                    }
                     _ => "–".into(),
                 };
                 let _ = write!(line, " {r} |");
@@ -127,6 +132,12 @@ impl Table {
             let _ = row.higher_better;
             let _ = writeln!(out, "{line}");
         }
+        out.push_str(&self.render_limits());
+        out
+    }
+
+    fn render_limits(&self) -> String {
+        let mut out = String::new();
         if !self.limits.is_empty() {
             let _ = writeln!(out, "\n| machine limit | figure |\n|---|---|");
             for (what, v) in &self.limits {
