@@ -59,6 +59,11 @@ pub struct Outcome {
     /// For ttlstore: (bytes written to storage − its log appends of the user writes) / user
     /// bytes: what expiry records, compaction and hint files cost.
     pub background_amp: Option<f64>,
+    /// For ttlstore, from its own counters: compaction bytes written / user bytes.
+    pub compactor_amp: Option<f64>,
+    /// For ttlstore: (log bytes appended − the harness's user records) / user bytes, i.e. what
+    /// expire records cost.
+    pub expire_amp: Option<f64>,
     /// Operations per second achieved.
     pub ops_per_sec: f64,
     /// p99 latency of one write call, µs, before anything could expire (first TTL of the run)
@@ -80,6 +85,9 @@ struct Sample {
     written: u64,
     user: u64,
     logged: u64,
+    /// ttlstore's own counters: `Stats::compaction_bytes_written` and `Stats::bytes_appended`.
+    compacted: u64,
+    appended: u64,
 }
 
 /// Runs one variant against one engine in a fresh directory under `base`.
@@ -222,7 +230,10 @@ fn drive(
                     live.remove(&id);
                 }
             }
+            let st = kv.ttl_stats();
             samples.push(Sample {
+                compacted: st.as_ref().map_or(0, |s| s.compaction_bytes_written),
+                appended: st.as_ref().map_or(0, |s| s.bytes_appended),
                 at: start.elapsed(),
                 disk: dir_bytes(dir).0,
                 live: live.len() as u64 * ENTRY,
@@ -251,7 +262,14 @@ fn drive(
     let write_amp = d_written / d_user;
     let background_amp = (engine == Engine::Ttlstore)
         .then(|| (d_written - (last.logged - first.logged) as f64).max(0.0) / d_user);
+    let is_ttl = engine == Engine::Ttlstore;
+    let compactor_amp = is_ttl.then(|| (last.compacted - first.compacted) as f64 / d_user);
+    let expire_amp = is_ttl.then(|| {
+        (last.appended - first.appended).saturating_sub(last.logged - first.logged) as f64 / d_user
+    });
     Ok(Outcome {
+        compactor_amp,
+        expire_amp,
         space_amp,
         space_amp_max,
         write_amp,

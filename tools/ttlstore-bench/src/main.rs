@@ -317,9 +317,21 @@ fn run(cfg: &Cfg) -> R<()> {
                     o.write_amp,
                 );
                 if let Some(b) = o.background_amp {
+                    table.add(&w, "ttlstore: bytes written to storage beyond its log of user writes / user bytes (/proc)", false, c, b);
+                }
+                if let Some(b) = o.compactor_amp {
                     table.add(
                         &w,
-                        "ttlstore background bytes (expiry+compaction+hints) / user bytes",
+                        "ttlstore: compactor bytes written / user bytes (Stats)",
+                        false,
+                        c,
+                        b,
+                    );
+                }
+                if let Some(b) = o.expire_amp {
+                    table.add(
+                        &w,
+                        "ttlstore: expire-record bytes appended / user bytes (Stats)",
                         false,
                         c,
                         b,

@@ -281,7 +281,7 @@ pub fn targets(t: &Table, keys: u64) -> String {
             }),
         );
         if v == crate::churn::Variant::OneTtl {
-            let wa = ours(&w, "ttlstore background bytes");
+            let wa = ours(&w, "ttlstore: compactor bytes written");
             line(
                 "3",
                 "ttl-churn (one TTL) compactor bytes / user bytes ≤ 0.1",
