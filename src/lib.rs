@@ -37,6 +37,8 @@ mod expiry;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hint;
 mod index;
 pub mod inspect;
