@@ -343,6 +343,7 @@ pub fn operation_sequence(data: &[u8]) {
                     Ok(()) => {
                         sim.crash(CrashMode::KeepNone);
                         drop(store);
+                        sim.restart();
                         faults.clear_all();
                         store = reopen(dir, opts());
                     }

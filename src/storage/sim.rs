@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 const PAGE: usize = 4096;
@@ -216,6 +216,8 @@ impl State {
 /// module docs.
 pub struct SimStorage {
     state: Arc<Mutex<State>>,
+    /// True between [`SimStorage::crash`] and [`SimStorage::restart`]: every call fails.
+    down: Arc<AtomicBool>,
     file_capacity: usize,
     tokens: AtomicU64,
 }
@@ -249,17 +251,20 @@ impl SimStorage {
                 rng: seed,
                 crashes: 0,
             })),
+            down: Arc::new(AtomicBool::new(false)),
             file_capacity: bytes,
             tokens: AtomicU64::new(1),
         })
     }
 
     /// Simulates a power loss: the file system becomes what the disk would hold afterwards (see
-    /// [`CrashMode`]), every lock is released, and what survived counts as durable. Handles opened
-    /// before keep working on detached copies that nothing reads any more; drop every store that
-    /// uses this storage first.
+    /// [`CrashMode`]), every lock is released, and what survived counts as durable. From then on
+    /// every call fails with EIO (the machine is off: a store still running, and its threads, can
+    /// change nothing) until [`SimStorage::restart`]. Writes through mappings made before go to
+    /// detached copies that nothing reads any more.
     pub fn crash(&self, mode: CrashMode) {
         let mut s = lock(&self.state);
+        self.down.store(true, Ordering::SeqCst);
         s.crashes += 1;
         let keep_ops = match mode {
             CrashMode::KeepAll => s.log.len(),
@@ -294,6 +299,22 @@ impl SimStorage {
         s.durable = after;
         s.log.clear();
         s.locks.clear();
+    }
+
+    /// Powers the file system on again after [`SimStorage::crash`]. Drop the stores that used it
+    /// before (their shutdown would otherwise run against the new disk).
+    pub fn restart(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+
+    /// [`SimStorage::crash`] then [`SimStorage::restart`].
+    pub fn crash_and_restart(&self, mode: CrashMode) {
+        self.crash(mode);
+        self.restart();
+    }
+
+    fn check_up(&self) -> io::Result<()> {
+        check_up(&self.down)
     }
 
     /// How many simulated power losses this file system went through.
@@ -381,6 +402,13 @@ impl Drop for LockGuard {
     }
 }
 
+fn check_up(down: &AtomicBool) -> io::Result<()> {
+    if down.load(Ordering::SeqCst) {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
+    }
+    Ok(())
+}
+
 fn not_found(path: &Path) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
@@ -390,6 +418,7 @@ fn not_found(path: &Path) -> io::Error {
 
 impl Storage for SimStorage {
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.check_up()?;
         let mut s = lock(&self.state);
         for p in path.ancestors() {
             s.dirs.insert(p.to_path_buf());
@@ -398,6 +427,7 @@ impl Storage for SimStorage {
     }
 
     fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.check_up()?;
         let s = lock(&self.state);
         if !s.dirs.contains(path) {
             return Err(not_found(path));
@@ -410,6 +440,7 @@ impl Storage for SimStorage {
     }
 
     fn try_lock(&self, path: &Path) -> io::Result<Option<Box<dyn Any + Send + Sync>>> {
+        self.check_up()?;
         let mut s = lock(&self.state);
         if !s.live.contains_key(path) {
             let inode = Inode::new(self.file_capacity.min(PAGE), &[]);
@@ -429,6 +460,7 @@ impl Storage for SimStorage {
     }
 
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn StorageFile>> {
+        self.check_up()?;
         let mut s = lock(&self.state);
         let inode = match mode {
             OpenMode::Read | OpenMode::ReadWrite => {
@@ -453,10 +485,12 @@ impl Storage for SimStorage {
         Ok(Arc::new(SimFile {
             inode,
             writable: mode != OpenMode::Read,
+            down: self.down.clone(),
         }))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check_up()?;
         let mut s = lock(&self.state);
         let inode = s.live.remove(from).ok_or_else(|| not_found(from))?;
         s.live.insert(to.to_path_buf(), inode);
@@ -466,6 +500,7 @@ impl Storage for SimStorage {
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check_up()?;
         let mut s = lock(&self.state);
         s.live.remove(path).ok_or_else(|| not_found(path))?;
         s.log.push(DirOp::Unlink(path.to_path_buf()));
@@ -473,6 +508,7 @@ impl Storage for SimStorage {
     }
 
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.check_up()?;
         let mut s = lock(&self.state);
         if !s.dirs.contains(path) {
             return Err(not_found(path));
@@ -498,6 +534,7 @@ impl Storage for SimStorage {
 struct SimFile {
     inode: Arc<Inode>,
     writable: bool,
+    down: Arc<AtomicBool>,
 }
 
 fn read_only() -> io::Error {
@@ -506,10 +543,12 @@ fn read_only() -> io::Error {
 
 impl StorageFile for SimFile {
     fn len(&self) -> io::Result<u64> {
+        check_up(&self.down)?;
         Ok(lock(&self.inode.meta).len as u64)
     }
 
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        check_up(&self.down)?;
         let m = lock(&self.inode.meta);
         let start = usize::try_from(offset).map_err(|_| efbig())?;
         if start.checked_add(buf.len()).is_none_or(|end| end > m.len) {
@@ -527,6 +566,7 @@ impl StorageFile for SimFile {
     }
 
     fn write_all_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        check_up(&self.down)?;
         if !self.writable {
             return Err(read_only());
         }
@@ -547,6 +587,7 @@ impl StorageFile for SimFile {
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
+        check_up(&self.down)?;
         if !self.writable {
             return Err(read_only());
         }
@@ -560,6 +601,7 @@ impl StorageFile for SimFile {
     }
 
     fn allocate(&self, len: u64) -> io::Result<()> {
+        check_up(&self.down)?;
         if !self.writable {
             return Err(read_only());
         }
@@ -575,6 +617,7 @@ impl StorageFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        check_up(&self.down)?;
         let live = self.inode.live();
         *lock(&self.inode.durable) = live;
         Ok(())
@@ -585,6 +628,7 @@ impl StorageFile for SimFile {
     }
 
     fn map(&self, len: usize, writable: bool) -> io::Result<Arc<dyn Mapping>> {
+        check_up(&self.down)?;
         if writable && !self.writable {
             return Err(read_only());
         }
@@ -643,7 +687,7 @@ mod tests {
             .unwrap();
         drop(f);
 
-        fs.crash(CrashMode::KeepNone);
+        fs.crash_and_restart(CrashMode::KeepNone);
         assert_eq!(fs.read_file(&a).unwrap(), b"synced");
         assert!(
             fs.read_file(&b).is_none(),
@@ -653,7 +697,7 @@ mod tests {
         let f = fs.open(&a, OpenMode::ReadWrite).unwrap();
         f.write_all_at(b"again", 6).unwrap();
         fs.rename(&a, &b).unwrap();
-        fs.crash(CrashMode::KeepAll);
+        fs.crash_and_restart(CrashMode::KeepAll);
         assert_eq!(fs.read_file(&b).unwrap(), b"syncedagain");
         assert!(fs.read_file(&a).is_none());
     }
@@ -678,7 +722,7 @@ mod tests {
         f.set_len(6000).unwrap();
         assert_eq!(m.len(), 8192);
         drop((f, m));
-        fs.crash(CrashMode::KeepNone);
+        fs.crash_and_restart(CrashMode::KeepNone);
         let data = fs.read_file(&p).unwrap();
         assert_eq!(data.len(), 8192);
         assert_eq!(&data[5000..5005], b"hello");
@@ -697,7 +741,7 @@ mod tests {
             fs.sync_dir(&dir()).unwrap();
             f.write_all_at(&[2u8; 30_000], 0).unwrap();
             drop(f);
-            fs.crash(CrashMode::TornBytes);
+            fs.crash_and_restart(CrashMode::TornBytes);
             fs.read_file(&p).unwrap()
         };
         assert_eq!(run(3), run(3));
@@ -719,7 +763,7 @@ mod tests {
         let l = dir().join("LOCK");
         let g = fs.try_lock(&l).unwrap().unwrap();
         assert!(fs.try_lock(&l).unwrap().is_none());
-        fs.crash(CrashMode::KeepAll);
+        fs.crash_and_restart(CrashMode::KeepAll);
         let g2 = fs.try_lock(&l).unwrap().unwrap();
         drop(g); // a stale guard does not release the new holder's lock
         assert!(fs.try_lock(&l).unwrap().is_none());
