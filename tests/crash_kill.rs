@@ -6,6 +6,7 @@
 //! the one operation that was in flight on it (a batch: all of its keys one way or all the other).
 //!
 //! The directory is reused across kills, so each round also recovers what the previous kills left.
+//! One writer thread also forces a compaction every 50 operations, so kills land inside those too.
 //! Each round runs at its own fixed clock time `T0 + round * 10 s`, so absolute expiries are
 //! deterministic and TTLs shorter than a round expire between rounds.
 //!
@@ -381,6 +382,14 @@ fn crash_child() {
                         "@A {t} {}",
                         r.map_or("-".to_string(), |b| b.to_string())
                     ));
+                    if t == 0 && n % 50 == 49 {
+                        // Forced compaction (hints, rewrites, drops) while the others write; a
+                        // kill may land in the middle of it.
+                        if let Err(e) = store.compact() {
+                            emit(&format!("@E compact: {e}"));
+                            panic!("compaction failed: {e}");
+                        }
+                    }
                 }
             })
         })
