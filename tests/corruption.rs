@@ -540,3 +540,78 @@ fn keys_expired_at_open_are_not_served_after_a_tail_repair() {
     assert!(want.len() < fx.states.last().unwrap().len());
     fx.check_state(&store, &want, "reopened 500 s later");
 }
+
+/// Hint files are derived data: damage to one (a bit flip or a cut at any offset) must leave the
+/// store opening to exactly its content (replaying the segment instead) or, at worst, refusing
+/// with `Corruption`; never serving a wrong value.
+#[test]
+fn hint_file_damage_at_every_offset_never_serves_a_wrong_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let fx = build(dir.path());
+    fx.restore(dir.path());
+    {
+        let store = open(dir.path(), RecoveryMode::default()).unwrap();
+        let report = store.compact().unwrap();
+        assert!(
+            report.hints_written > 0,
+            "compaction wrote no hint file: {report:?}"
+        );
+    }
+    let want = fx.states.last().unwrap().clone();
+    let snapshot: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != "LOCK")
+        .map(|n| (n.clone(), std::fs::read(dir.path().join(&n)).unwrap()))
+        .collect();
+    let restore = || {
+        for e in std::fs::read_dir(dir.path()).unwrap() {
+            let e = e.unwrap();
+            if e.file_name() != "LOCK" {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        for (n, d) in &snapshot {
+            std::fs::write(dir.path().join(n), d).unwrap();
+        }
+    };
+    let hints: Vec<&(String, Vec<u8>)> = snapshot
+        .iter()
+        .filter(|(n, _)| n.ends_with(".hint"))
+        .collect();
+    assert!(!hints.is_empty());
+    restore();
+    {
+        let store = open(dir.path(), RecoveryMode::default()).unwrap();
+        assert!(store.recovery_report().segments_from_hints > 0, "the undamaged hints are used");
+        fx.check_state(&store, &want, "undamaged hints");
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for (name, data) in hints {
+        for off in 0..data.len() {
+            for cut in [false, true] {
+                let ctx = format!(
+                    "hint {name} {} at {off}",
+                    if cut { "cut" } else { "bit-flipped" }
+                );
+                restore();
+                damage(dir.path(), name, |d| {
+                    if cut {
+                        d.truncate(off)
+                    } else {
+                        d[off] ^= 1 << (off % 8)
+                    }
+                });
+                match open(dir.path(), RecoveryMode::default()) {
+                    Ok(store) => {
+                        ok += 1;
+                        fx.check_state(&store, &want, &ctx);
+                    }
+                    Err(Error::Corruption { .. }) => refused += 1,
+                    Err(e) => panic!("{ctx}: {e:?}"),
+                }
+            }
+        }
+    }
+    eprintln!("hint damage: {ok} opened with the right content, {refused} refused as corruption");
+}
