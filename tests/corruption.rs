@@ -7,7 +7,8 @@
 //! The last segment (the one a crash tears) is swept at every offset, both ways. A sealed segment
 //! is swept at every offset too: there, any damage is `Corruption` in the default mode,
 //! `RecoveryMode::Salvage` keeps what checks out, and `RecoveryMode::AbsoluteConsistency` also
-//! refuses a torn tail of the last segment.
+//! refuses a torn tail of the last segment. Hint files written by compaction are damaged at every
+//! offset too: the store must still open to exactly its content (or refuse with `Corruption`).
 //!
 //! Environment: `TTLSTORE_CORRUPTION_STRIDE=N` sweeps every N-th offset of the last segment's
 //! zero-filled reserve after its data (default 16; its data and header are always swept at every
@@ -583,7 +584,10 @@ fn hint_file_damage_at_every_offset_never_serves_a_wrong_value() {
     restore();
     {
         let store = open(dir.path(), RecoveryMode::default()).unwrap();
-        assert!(store.recovery_report().segments_from_hints > 0, "the undamaged hints are used");
+        assert!(
+            store.recovery_report().segments_from_hints > 0,
+            "the undamaged hints are used"
+        );
         fx.check_state(&store, &want, "undamaged hints");
     }
     let (mut ok, mut refused) = (0, 0);
