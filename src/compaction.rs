@@ -188,6 +188,10 @@ fn tombstone_needed(st: &State, own: u32, ns: u8, key: &[u8], seq: u64) -> bool 
 }
 
 fn unlink(inner: &Inner, seg: &Segment) -> Result<()> {
+    // What made the segment's records dead (newer writes, deletes, expire records) must be on
+    // disk before the records go: under `Interval` or `Never` it may not be yet, and a power loss
+    // would then lose the old records and the new ones both. Free when nothing is pending.
+    inner.log.sync_all()?;
     let storage = &*inner.opts.storage;
     crate::failpoint!("compaction.before_unlink");
     storage
