@@ -53,6 +53,7 @@ pub struct Recovered {
     pub state: State,
     pub active: Arc<Segment>,
     pub tail: usize,
+    pub allocated: u64,
     pub next_seq: u64,
     pub next_segment_id: u64,
     pub lock: Box<dyn Any + Send + Sync>,
@@ -148,16 +149,30 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
     let next_seq = (r.last_log_seq.max(r.max_seq) + 1).max(r.seq_floor);
     let mut next_segment_id = ids.last().map_or(1, |&l| l + 1);
 
-    let (active, tail) = match active_end {
-        Some((id, end)) => (open_active(dir, opts, id, end, &r.report)?, end),
+    let (active, tail, allocated) = match active_end {
+        Some((id, end)) => {
+            let (seg, allocated) = open_active(dir, opts, id, end, &r.report)?;
+            (seg, end, allocated)
+        }
         None => {
             let id = next_segment_id;
             next_segment_id += 1;
-            let seg = Segment::create(storage, dir, id, next_seq, opts.segment_size)?;
+            let seg = Segment::create(
+                storage,
+                dir,
+                id,
+                next_seq,
+                opts.segment_size,
+                segment::reserve_step(opts.segment_size),
+            )?;
             storage
                 .sync_dir(dir)
                 .map_err(|e| Error::io("fsync", dir, e))?;
-            (Arc::new(seg), HEADER_LEN)
+            let allocated = seg
+                .file
+                .len()
+                .map_err(|e| Error::io("stat", &seg.path, e))?;
+            (Arc::new(seg), HEADER_LEN, allocated)
         }
     };
     let info = r
@@ -172,6 +187,7 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
         state: r.state,
         active,
         tail,
+        allocated,
         next_seq,
         next_segment_id,
         lock,
@@ -424,15 +440,16 @@ fn seal_file(storage: &dyn Storage, seg: &Segment, end: usize) -> Result<()> {
         .map_err(|e| Error::io("fsync", &seg.path, e))
 }
 
-/// Reopens the last log segment for appending: everything after its data is zeroed (cut and
-/// re-extended), space is reserved up to the segment size, and the repair is synced.
+/// Reopens the last log segment for appending: everything after its data is cut (so the space
+/// the writer extends into reads as zeros), one allocation step is reserved past the data, the
+/// repair is synced, and the segment is mapped over its full size.
 fn open_active(
     dir: &Path,
     opts: &Options,
     id: u64,
     end: usize,
     report: &RecoveryReport,
-) -> Result<Arc<Segment>> {
+) -> Result<(Arc<Segment>, u64)> {
     let storage = &*opts.storage;
     let mut seg = Segment::open(storage, dir, id, true)?;
     let path = seg.path.clone();
@@ -442,12 +459,14 @@ fn open_active(
             .set_len(end as u64)
             .map_err(|e| Error::io("truncate", &path, e))?;
     }
+    let size = opts.segment_size.max(end as u64);
+    let reserve = (end as u64 + segment::reserve_step(opts.segment_size)).min(size);
     seg.file
-        .allocate(opts.segment_size.max(end as u64))
+        .allocate(reserve)
         .map_err(|e| Error::io("fallocate", &path, e))?;
     seg.file
         .sync_all()
         .map_err(|e| Error::io("fsync", &path, e))?;
-    seg.remap(true)?;
-    Ok(Arc::new(seg))
+    seg.remap_writable(size as usize)?;
+    Ok((Arc::new(seg), reserve))
 }

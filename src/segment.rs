@@ -6,6 +6,14 @@ use crate::storage::{self, Mapping, OpenMode, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// How much the active segment's file grows at a time (never more than the segment size).
+pub const RESERVE_STEP: u64 = 4 << 20;
+
+/// The allocation step for segments of `segment_size` bytes.
+pub fn reserve_step(segment_size: u64) -> u64 {
+    segment_size.min(RESERVE_STEP)
+}
+
 /// File name suffix of segments.
 pub const SEGMENT_SUFFIX: &str = ".seg";
 /// Name of the lock file.
@@ -46,19 +54,24 @@ impl Segment {
 
     /// Creates segment `id` of `size` bytes (space reserved), header written and the file synced
     /// with its metadata. The directory is not synced: the caller does that.
+    ///
+    /// The mapping covers `size` bytes, but only `reserve` of them are allocated now: the writer
+    /// extends the file in steps ([`reserve_step`]) as it fills, so a store never holds much more
+    /// disk than data. Bytes past the file's end are never touched.
     pub fn create(
         storage: &dyn Storage,
         dir: &Path,
         id: u64,
         base_seq: u64,
         size: u64,
+        reserve: u64,
     ) -> Result<Segment> {
         let path = dir.join(file_name(id));
         let file = storage
             .open(&path, OpenMode::CreateNew)
             .map_err(|e| Error::io("create", &path, e))?;
         let result = (|| {
-            file.allocate(size)
+            file.allocate(reserve.min(size).max(HEADER_LEN as u64))
                 .map_err(|e| Error::io("fallocate", &path, e))?;
             let header = SegmentHeader {
                 version: format::FORMAT_VERSION,
@@ -70,9 +83,8 @@ impl Segment {
                 .map_err(|e| Error::io("write", &path, e))?;
             crate::failpoint!("segment.create.before_sync");
             file.sync_all().map_err(|e| Error::io("fsync", &path, e))?;
-            let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
             let map = file
-                .map(len as usize, true)
+                .map(size as usize, true)
                 .map_err(|e| Error::io("mmap", &path, e))?;
             Ok(map)
         })();
@@ -117,14 +129,12 @@ impl Segment {
     }
 
     /// Maps the file again at its current length (after it was extended).
-    pub fn remap(&mut self, writable: bool) -> Result<()> {
-        let len = self
-            .file
-            .len()
-            .map_err(|e| Error::io("stat", &self.path, e))?;
+    /// Maps the file again, writable, over `len` bytes (which may run past its current end: the
+    /// writer extends the file before it writes there).
+    pub fn remap_writable(&mut self, len: usize) -> Result<()> {
         self.map = self
             .file
-            .map(len as usize, writable)
+            .map(len, true)
             .map_err(|e| Error::io("mmap", &self.path, e))?;
         Ok(())
     }

@@ -153,7 +153,7 @@ pub struct Stats {
     pub expired_pending: u64,
     /// Segment files.
     pub segments: usize,
-    /// Bytes the segment files take on disk (the active one counts its reserved size).
+    /// Bytes the segment files take on disk (the active one counts what it has reserved so far).
     pub disk_bytes: u64,
     /// Bytes of records in the segments.
     pub data_bytes: u64,
@@ -290,6 +290,7 @@ impl Store {
         let start = LogStart {
             active: rec.active,
             tail: rec.tail,
+            allocated: rec.allocated,
             next_seq: rec.next_seq,
             next_segment_id: rec.next_segment_id,
         };
@@ -944,7 +945,7 @@ impl Inner {
             s.disk_bytes += if info.sealed {
                 info.end() as u64
             } else {
-                info.seg.map.len() as u64
+                info.seg.file.len().unwrap_or(info.end() as u64)
             };
             s.data_bytes += info.data_bytes;
             s.live_bytes += info.live_bytes;

@@ -73,6 +73,8 @@ pub struct LogStart {
     pub active: Arc<Segment>,
     /// The offset of the next record in it.
     pub tail: usize,
+    /// Bytes of it allocated on disk (its file length).
+    pub allocated: u64,
     /// The sequence of the next record.
     pub next_seq: u64,
     /// The id of the next new segment.
@@ -86,6 +88,8 @@ pub struct WriterState {
     pub active: Arc<Segment>,
     /// Next write offset in it.
     pub tail: usize,
+    /// Bytes of the active segment's file allocated so far; the writer extends it in steps.
+    pub allocated: u64,
     /// Sequence number of the next record.
     pub next_seq: u64,
     /// Bytes appended since open: the log position that syncs are measured in.
@@ -155,6 +159,7 @@ impl Log {
         let LogStart {
             active,
             tail,
+            allocated,
             next_seq,
             next_segment_id,
         } = start;
@@ -166,6 +171,7 @@ impl Log {
             writer: Mutex::new(WriterState {
                 active,
                 tail,
+                allocated,
                 next_seq,
                 appended: 0,
                 value_offsets: Vec::new(),
@@ -225,6 +231,19 @@ impl Log {
         if w.tail + len > w.active.map.len() {
             self.rotate(w, state, len)?;
         }
+        let need = (w.tail + len) as u64;
+        if need > w.allocated {
+            // Grow the file a step ahead of the data. A full disk fails here, before a byte is
+            // written, and leaves the store as it was.
+            let grown = (w.allocated + crate::segment::reserve_step(self.segment_size))
+                .max(need)
+                .min(w.active.map.len() as u64);
+            w.active
+                .file
+                .allocate(grown)
+                .map_err(|e| Error::io("fallocate", &w.active.path, e))?;
+            w.allocated = grown;
+        }
         let seq = w.next_seq;
         let seg_id = w.active.id;
         let rec_off = w.tail;
@@ -270,7 +289,9 @@ impl Log {
             return Err(Error::io("fdatasync", &w.active.path, e));
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
-        let new = Segment::create(&*self.storage, &self.dir, new_id, w.next_seq, size)?;
+        let reserve =
+            crate::segment::reserve_step(self.segment_size).max((HEADER_LEN + need) as u64);
+        let new = Segment::create(&*self.storage, &self.dir, new_id, w.next_seq, size, reserve)?;
         crate::failpoint!("rotate.after_create");
         let new = Arc::new(new);
         // From here on a failure leaves the old segment unsealed: poison rather than guess.
@@ -295,6 +316,7 @@ impl Log {
             st.segments
                 .insert(new_id as u32, SegmentInfo::new(new.clone()));
         }
+        w.allocated = reserve.min(size);
         w.active = new;
         w.tail = HEADER_LEN;
         // Everything before the new segment is durable now.
