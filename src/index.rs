@@ -1,21 +1,26 @@
 //! The in-memory index: every live key → where its current value is, its sequence and expiry.
 //!
 //! Layout, chosen for point reads first and memory second (see FORMAT.md, "Memory"):
-//! - a **slab** of fixed 40-byte slots, one per key: the [`Entry`] and where the key's bytes are;
-//! - a **key arena**: every key's bytes, namespace byte first, back to back in one buffer (no
-//!   allocation per key; holes left by removed keys are reclaimed when they pass half the arena);
-//! - a **hash table** of slot numbers (4 bytes a bucket) for point lookups: one probe, one key
-//!   comparison;
-//! - an **ordered list** of slot numbers in key order, cut into leaves of at most
-//!   [`LEAF_MAX`] slots, for prefix scans. Appending keys in order fills leaves completely;
+//! - a **record arena**, the primary store: one record per key, back to back in one buffer of
+//!   8-byte words (no allocation per key). A record is the [`Entry`] (32 bytes), the key length
+//!   (u16), the namespace byte, a flags byte and the key bytes, padded to 8 bytes; it is addressed
+//!   by its offset in words (a `u32`, so the arena holds at most 32 GiB). An update rewrites the
+//!   entry in place; a removal marks the record dead, and the arena is compacted (live records
+//!   copied, every offset remapped) when dead records pass half of it;
+//! - a **hash table** of `(32-bit hash tag, record offset)` pairs, 8 bytes a bucket, open
+//!   addressing with linear probing and deletion by backward shift (no tombstones). The home
+//!   bucket is derived from the tag alone, so growing the table never reads the arena or rehashes
+//!   a key. A lookup costs about one table cache line and one arena cache line;
+//! - an **ordered list** of record offsets in key order, cut into leaves of at most
+//!   [`LEAF_MAX`] offsets, for prefix scans. Appending keys in order fills leaves completely;
 //!   inserts elsewhere split a full leaf in two.
-//! - an **expiry heap** of (expiry, sequence, slot) for keys with a TTL, with lazy removal: an
-//!   entry whose slot no longer holds that sequence is skipped when it surfaces, and the heap is
-//!   rebuilt when stale entries outnumber live ones.
+//! - an **expiry heap** of (expiry, sequence, offset) for keys with a TTL, with lazy removal: an
+//!   entry whose record is dead or no longer holds that (expiry, sequence) is skipped when it
+//!   surfaces, and the heap is rebuilt when stale entries outnumber live ones (and after every
+//!   arena compaction, which moves records).
 //!
 //! Keys are handled as (namespace, key); ordering is by namespace byte, then key bytes.
 
-use hashbrown::HashTable;
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::hash::{BuildHasher, Hasher};
@@ -27,6 +32,10 @@ pub const LEAF_MAX: usize = 512;
 pub const TOMBSTONE: u32 = u32::MAX;
 
 /// Where a key's current value lives, and what it is.
+///
+/// `repr(C)`: the index stores entries inside its record arena and lends them out by reference,
+/// so the layout (32 bytes, 8-aligned, integers only) is fixed.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     /// Sequence number of the write.
@@ -54,32 +63,87 @@ impl Entry {
     }
 }
 
-#[derive(Clone, Copy)]
-struct Slot {
-    entry: Entry,
-    /// Arena offset in the low 48 bits, stored key length (namespace byte included) in the high 16.
-    /// `FREE` for an unused slot.
-    key: u64,
+/// Words of an [`Entry`] at the start of a record.
+const ENTRY_WORDS: usize = 4;
+const _: () =
+    assert!(std::mem::size_of::<Entry>() == ENTRY_WORDS * 8 && std::mem::align_of::<Entry>() == 8);
+/// Bytes before the key in a record: entry, key length (u16), namespace, flags.
+const HEADER_BYTES: usize = ENTRY_WORDS * 8 + 4;
+/// Flags bit of a removed record.
+const DEAD: u8 = 1;
+/// The table grows when more than `MAX_LOAD_PCT`% of its buckets are used...
+const MAX_LOAD_PCT: usize = 85;
+/// ... by half: loads stay between 57% and 85%.
+const GROW_NUM: usize = 3;
+const GROW_DEN: usize = 2;
+/// Smallest table.
+const MIN_BUCKETS: usize = 16;
+/// The arena is compacted only once it holds at least this many dead words (1 MiB).
+const COMPACT_MIN_WORDS: usize = 1 << 17;
+
+fn record_words(key_len: usize) -> usize {
+    (HEADER_BYTES + key_len).div_ceil(8)
 }
 
-const FREE: u64 = u64::MAX;
+/// Home bucket of a tag in a table of `n` buckets (`n < 2^32`): the tag scaled to `0..n`.
+fn home(tag: u32, n: usize) -> usize {
+    ((u64::from(tag) * n as u64) >> 32) as usize
+}
 
-impl Slot {
-    fn key_range(&self) -> (usize, usize) {
-        (
-            (self.key & ((1 << 48) - 1)) as usize,
-            (self.key >> 48) as usize,
-        )
+/// Table size (a multiple of 8, one cache line) holding `keys` at no more than `load_pct`%.
+fn buckets_for(keys: usize, load_pct: usize) -> usize {
+    (keys * 100 / load_pct + 1)
+        .next_multiple_of(8)
+        .max(MIN_BUCKETS)
+}
+
+/// Asks the kernel to back a large buffer with transparent huge pages (where the system leaves
+/// that to the program): random lookups in the table and the arena then cost a cache miss but
+/// rarely a page-table walk. Advice only; failure changes nothing.
+fn advise_huge_pages<T>(buf: &Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        const MIN_BYTES: usize = 4 << 20;
+        let bytes = buf.capacity() * std::mem::size_of::<T>();
+        if bytes < MIN_BYTES {
+            return;
+        }
+        let start = (buf.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (buf.as_ptr() as usize + bytes) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: madvise with MADV_HUGEPAGE only changes how the kernel backs pages of this
+            // range, which lies inside the vector's own allocation; it never changes contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
+/// Inserts `bucket` (known absent) into a table that has room.
+fn table_insert(table: &mut [u64], bucket: u64) {
+    let n = table.len();
+    let mut i = home((bucket >> 32) as u32, n);
+    while table[i] != 0 {
+        i += 1;
+        if i == n {
+            i = 0;
+        }
+    }
+    table[i] = bucket;
 }
 
 /// The index. Not synchronised: the store keeps it behind its lock.
 pub struct Index {
-    slots: Vec<Slot>,
-    free: Vec<u32>,
-    arena: Vec<u8>,
-    arena_garbage: usize,
-    hash: HashTable<u32>,
+    /// Records; word 0 is never a record, so a bucket of 0 means empty.
+    arena: Vec<u64>,
+    /// Words of dead records in `arena`.
+    garbage: usize,
+    /// Buckets: tag in the high 32 bits, record offset in the low 32; 0 for empty.
+    table: Vec<u64>,
     hasher: hashbrown::DefaultHashBuilder,
     leaves: Vec<Vec<u32>>,
     /// While true (bulk load at open) the ordered list is not maintained; `finish_bulk` builds it.
@@ -87,6 +151,10 @@ pub struct Index {
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
     heap_stale: usize,
     live: usize,
+    /// Arena capacity when [`advise_huge_pages`] last saw it.
+    advised_cap: usize,
+    /// Dead words below which the arena is not compacted (a constant but in tests).
+    compact_min: usize,
 }
 
 impl Default for Index {
@@ -107,17 +175,17 @@ impl Index {
     /// An empty index.
     pub fn new() -> Self {
         Index {
-            slots: Vec::new(),
-            free: Vec::new(),
-            arena: Vec::new(),
-            arena_garbage: 0,
-            hash: HashTable::new(),
+            arena: vec![0],
+            garbage: 0,
+            table: vec![0; MIN_BUCKETS],
             hasher: hashbrown::DefaultHashBuilder::default(),
             leaves: Vec::new(),
             bulk: false,
             heap: BinaryHeap::new(),
             heap_stale: 0,
             live: 0,
+            advised_cap: 0,
+            compact_min: COMPACT_MIN_WORDS,
         }
     }
 
@@ -127,51 +195,167 @@ impl Index {
         self.live
     }
 
-    fn hash_of(&self, ns: u8, key: &[u8]) -> u64 {
+    /// The 32-bit tag of a key: the high half of a well-mixed 64-bit hash.
+    fn tag_of(&self, ns: u8, key: &[u8]) -> u32 {
         let mut h = self.hasher.build_hasher();
         h.write_u8(ns);
         h.write(key);
-        h.finish()
+        let x = h.finish();
+        // One more multiply-xorshift round so that the high bits depend on every input bit.
+        let x = (x ^ (x >> 32)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (x >> 32) as u32
     }
 
-    fn stored_key(&self, slot: u32) -> &[u8] {
-        let (off, len) = self.slots[slot as usize].key_range();
-        &self.arena[off..off + len]
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: a `u64` buffer viewed as its bytes: same allocation, length in bytes, `u8` has
+        // alignment 1 and every bit pattern is a valid `u8`.
+        unsafe {
+            std::slice::from_raw_parts(self.arena.as_ptr().cast::<u8>(), self.arena.len() * 8)
+        }
     }
 
-    /// The key of a slot as (namespace, key).
-    fn split_key(&self, slot: u32) -> (u8, &[u8]) {
-        let k = self.stored_key(slot);
-        (k[0], &k[1..])
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, with the unique borrow of the arena.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.arena.as_mut_ptr().cast::<u8>(),
+                self.arena.len() * 8,
+            )
+        }
     }
 
-    fn cmp_slot(&self, slot: u32, ns: u8, key: &[u8]) -> Ordering {
-        let (sns, skey) = self.split_key(slot);
-        sns.cmp(&ns).then_with(|| skey.cmp(key))
+    fn entry(&self, off: u32) -> &Entry {
+        let off = off as usize;
+        let words = &self.arena[off..off + ENTRY_WORDS];
+        // SAFETY: `Entry` is `repr(C)`, made only of integers (any bit pattern is valid), 32 bytes
+        // with alignment 8 (checked at compile time above); `words` is 4 aligned, initialised
+        // `u64`s borrowed from `self`, so the reference lives no longer than they do.
+        unsafe { &*words.as_ptr().cast::<Entry>() }
     }
 
-    fn find(&self, ns: u8, key: &[u8]) -> Option<u32> {
-        let h = self.hash_of(ns, key);
-        self.hash
-            .find(h, |&s| self.split_key(s) == (ns, key))
-            .copied()
+    fn entry_mut(&mut self, off: u32) -> &mut Entry {
+        let off = off as usize;
+        let words = &mut self.arena[off..off + ENTRY_WORDS];
+        // SAFETY: as in `entry`, with the unique borrow.
+        unsafe { &mut *words.as_mut_ptr().cast::<Entry>() }
+    }
+
+    /// (key length, namespace, flags) of the record at `off`.
+    fn header(&self, off: u32) -> (usize, u8, u8) {
+        let p = off as usize * 8 + ENTRY_WORDS * 8;
+        let b = &self.bytes()[p..p + 4];
+        (usize::from(u16::from_ne_bytes([b[0], b[1]])), b[2], b[3])
+    }
+
+    /// The key of a record as (namespace, key).
+    fn key_of(&self, off: u32) -> (u8, &[u8]) {
+        let (len, ns, _) = self.header(off);
+        let p = off as usize * 8 + HEADER_BYTES;
+        (ns, &self.bytes()[p..p + len])
+    }
+
+    fn is_dead(&self, off: u32) -> bool {
+        self.header(off).2 & DEAD != 0
+    }
+
+    fn words_at(&self, off: u32) -> usize {
+        record_words(self.header(off).0)
+    }
+
+    fn cmp_rec(&self, off: u32, ns: u8, key: &[u8]) -> Ordering {
+        let (rns, rkey) = self.key_of(off);
+        rns.cmp(&ns).then_with(|| rkey.cmp(key))
+    }
+
+    fn cmp_recs(&self, a: u32, b: u32) -> Ordering {
+        let (bns, bkey) = self.key_of(b);
+        self.cmp_rec(a, bns, bkey)
+    }
+
+    /// Bucket number and record offset of a key.
+    fn find(&self, ns: u8, key: &[u8], tag: u32) -> Option<(usize, u32)> {
+        let n = self.table.len();
+        let mut i = home(tag, n);
+        loop {
+            let b = self.table[i];
+            if b == 0 {
+                return None;
+            }
+            if (b >> 32) as u32 == tag {
+                let off = b as u32;
+                if self.key_of(off) == (ns, key) {
+                    return Some((i, off));
+                }
+            }
+            i += 1;
+            if i == n {
+                i = 0;
+            }
+        }
+    }
+
+    /// Empties bucket `i`, shifting back the entries after it that may move closer to home.
+    fn table_remove(&mut self, mut i: usize) {
+        let n = self.table.len();
+        let mut j = i;
+        loop {
+            j += 1;
+            if j == n {
+                j = 0;
+            }
+            let b = self.table[j];
+            if b == 0 {
+                break;
+            }
+            let k = home((b >> 32) as u32, n);
+            // The entry at j stays if its home lies cyclically in (i, j].
+            let stays = if i <= j {
+                i < k && k <= j
+            } else {
+                i < k || k <= j
+            };
+            if !stays {
+                self.table[i] = b;
+                i = j;
+            }
+        }
+        self.table[i] = 0;
+    }
+
+    /// Rebuilds the table with `n` buckets (tags give homes: the arena is not read).
+    fn resize_table(&mut self, n: usize) {
+        let mut table = vec![0u64; n];
+        for &b in self.table.iter().filter(|&&b| b != 0) {
+            table_insert(&mut table, b);
+        }
+        advise_huge_pages(&table);
+        self.table = table;
+    }
+
+    /// Makes room in the table for `extra` more keys.
+    fn reserve(&mut self, extra: usize) {
+        let want = self.live + extra;
+        if want * 100 > self.table.len() * MAX_LOAD_PCT {
+            let grown = self.table.len() / GROW_DEN * GROW_NUM;
+            let n = buckets_for(want, MAX_LOAD_PCT).max(grown.next_multiple_of(8));
+            self.resize_table(n);
+        }
     }
 
     /// The entry of a key.
     pub fn get(&self, ns: u8, key: &[u8]) -> Option<&Entry> {
-        self.find(ns, key).map(|s| &self.slots[s as usize].entry)
+        let tag = self.tag_of(ns, key);
+        self.find(ns, key, tag).map(|(_, off)| self.entry(off))
     }
 
     /// Begins a bulk load: inserts stop maintaining the ordered list until [`Index::finish_bulk`].
     /// `expected` keys are reserved for.
     pub fn begin_bulk(&mut self, expected: usize) {
         self.bulk = true;
-        self.slots.reserve(expected);
-        let hasher = self.hasher.clone();
-        let slots = &self.slots;
-        let arena = &self.arena;
-        self.hash
-            .reserve(expected, |&s| rehash(&hasher, slots, arena, s));
+        let n = buckets_for(self.live + expected, 80);
+        if n > self.table.len() {
+            self.resize_table(n);
+        }
     }
 
     /// Ends a bulk load: drops every entry `keep` refuses, then builds the ordered list and the
@@ -179,63 +363,71 @@ impl Index {
     pub fn finish_bulk(&mut self, mut keep: impl FnMut(u8, &[u8], &Entry) -> bool) {
         let mut kept: Vec<u32> = Vec::with_capacity(self.live);
         let mut dropped: Vec<u32> = Vec::new();
-        for (i, slot) in self.slots.iter().enumerate() {
-            if slot.key == FREE {
-                continue;
+        let mut off = 1;
+        while off < self.arena.len() {
+            let o = off as u32;
+            let (len, ns, flags) = self.header(o);
+            if flags & DEAD == 0 {
+                let (_, key) = self.key_of(o);
+                if keep(ns, key, self.entry(o)) {
+                    kept.push(o);
+                } else {
+                    dropped.push(o);
+                }
             }
-            let (off, len) = slot.key_range();
-            let k = &self.arena[off..off + len];
-            if keep(k[0], &k[1..], &slot.entry) {
-                kept.push(i as u32);
-            } else {
-                dropped.push(i as u32);
+            off += record_words(len);
+        }
+        for o in dropped {
+            let (ns, key) = self.key_of(o);
+            let found = self.find(ns, key, self.tag_of(ns, key));
+            debug_assert_eq!(found.map(|f| f.1), Some(o));
+            if let Some((i, _)) = found {
+                self.table_remove(i);
             }
+            self.kill(o);
         }
-        for s in dropped {
-            self.unlink_slot(s);
-        }
-        let arena = &self.arena;
-        let slots = &self.slots;
-        let key_of = |s: u32| {
-            let (off, len) = slots[s as usize].key_range();
-            &arena[off..off + len]
-        };
-        if !kept.is_sorted_by(|&a, &b| key_of(a) < key_of(b)) {
-            kept.sort_unstable_by(|&a, &b| key_of(a).cmp(key_of(b)));
+        if !kept.is_sorted_by(|&a, &b| self.cmp_recs(a, b) == Ordering::Less) {
+            kept.sort_unstable_by(|&a, &b| self.cmp_recs(a, b));
         }
         self.leaves = kept.chunks(LEAF_MAX).map(|c| c.to_vec()).collect();
         self.bulk = false;
-        self.rebuild_heap();
-        self.maybe_compact_arena();
+        // The expected count was an estimate: give back a table far larger than needed.
+        if self.table.len() > MIN_BUCKETS && self.live * 100 < self.table.len() * 65 {
+            self.resize_table(buckets_for(self.live, 80));
+        }
+        if !self.maybe_compact_arena() {
+            self.rebuild_heap();
+        }
+        if self.arena.capacity() > self.arena.len() + self.arena.len() / 8 {
+            self.arena.shrink_to_fit();
+            self.arena_moved();
+        }
     }
 
     /// Sets the entry of a key, inserting it if new. Returns the previous entry.
     pub fn upsert(&mut self, ns: u8, key: &[u8], entry: Entry) -> Option<Entry> {
-        let h = self.hash_of(ns, key);
-        if let Some(&s) = self.hash.find(h, |&s| self.split_key(s) == (ns, key)) {
-            let slot = &mut self.slots[s as usize];
-            let old = slot.entry;
-            slot.entry = entry;
+        let tag = self.tag_of(ns, key);
+        if let Some((_, off)) = self.find(ns, key, tag) {
+            let e = self.entry_mut(off);
+            let old = *e;
+            *e = entry;
             if old.expires_at != 0 {
                 self.heap_stale += 1;
             }
             if entry.expires_at != 0 {
-                self.heap.push(Reverse((entry.expires_at, entry.seq, s)));
+                self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
             }
             self.maybe_rebuild_heap();
             return Some(old);
         }
-        let s = self.alloc_slot(ns, key, entry);
-        let hasher = self.hasher.clone();
-        let slots = &self.slots;
-        let arena = &self.arena;
-        self.hash
-            .insert_unique(h, s, |&x| rehash(&hasher, slots, arena, x));
+        self.reserve(1);
+        let off = self.push_record(ns, key, entry);
+        table_insert(&mut self.table, (u64::from(tag) << 32) | u64::from(off));
         if !self.bulk {
-            self.ordered_insert(s, ns, key);
+            self.ordered_insert(off, ns, key);
         }
         if entry.expires_at != 0 {
-            self.heap.push(Reverse((entry.expires_at, entry.seq, s)));
+            self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
         }
         self.live += 1;
         None
@@ -243,57 +435,58 @@ impl Index {
 
     /// Removes a key. Returns its entry.
     pub fn remove(&mut self, ns: u8, key: &[u8]) -> Option<Entry> {
-        let s = self.find(ns, key)?;
-        let entry = self.slots[s as usize].entry;
+        let (i, off) = self.find(ns, key, self.tag_of(ns, key))?;
+        let entry = *self.entry(off);
         if !self.bulk {
-            self.ordered_remove(s, ns, key);
+            self.ordered_remove(off, ns, key);
         }
-        self.unlink_slot(s);
+        self.table_remove(i);
+        self.kill(off);
         self.maybe_compact_arena();
         Some(entry)
     }
 
-    /// Removes the slot from the hash, frees it; the ordered list is the caller's business.
-    fn unlink_slot(&mut self, s: u32) {
-        let (ns, key) = self.split_key(s);
-        let h = self.hash_of(ns, key);
-        if let Ok(e) = self.hash.find_entry(h, |&x| x == s) {
-            e.remove();
-        }
-        let slot = &mut self.slots[s as usize];
-        if slot.entry.expires_at != 0 {
+    /// Marks a record (already out of the table) dead; the ordered list is the caller's business.
+    fn kill(&mut self, off: u32) {
+        let words = self.words_at(off);
+        let p = off as usize * 8 + ENTRY_WORDS * 8 + 3;
+        self.bytes_mut()[p] |= DEAD;
+        if self.entry(off).expires_at != 0 {
             self.heap_stale += 1;
         }
-        self.arena_garbage += slot.key_range().1;
-        slot.key = FREE;
-        self.free.push(s);
+        self.garbage += words;
         self.live -= 1;
         self.maybe_rebuild_heap();
     }
 
-    fn alloc_slot(&mut self, ns: u8, key: &[u8], entry: Entry) -> u32 {
-        let off = self.arena.len() as u64;
-        self.arena.push(ns);
-        self.arena.extend_from_slice(key);
-        let packed = off | (((key.len() + 1) as u64) << 48);
-        let slot = Slot { entry, key: packed };
-        match self.free.pop() {
-            Some(s) => {
-                self.slots[s as usize] = slot;
-                s
-            }
-            None => {
-                self.slots.push(slot);
-                (self.slots.len() - 1) as u32
-            }
-        }
+    /// Appends a record; returns its offset.
+    fn push_record(&mut self, ns: u8, key: &[u8], entry: Entry) -> u32 {
+        let off = self.arena.len();
+        let end = off + record_words(key.len());
+        // Offsets are u32 words: the arena is limited to 32 GiB of records (about 500 million
+        // 16-byte keys); past that the index cannot address a record and stops the process
+        // rather than corrupt itself. Key lengths fit the u16 field (MAX_KEY_LEN < 65536).
+        assert!(
+            u32::try_from(end).is_ok() && u16::try_from(key.len()).is_ok(),
+            "index arena full"
+        );
+        self.arena.resize(end, 0);
+        self.arena_moved();
+        *self.entry_mut(off as u32) = entry;
+        let p = off * 8 + ENTRY_WORDS * 8;
+        let bytes = self.bytes_mut();
+        bytes[p..p + 2].copy_from_slice(&(key.len() as u16).to_ne_bytes());
+        bytes[p + 2] = ns;
+        bytes[p + 3] = 0;
+        bytes[p + 4..p + 4 + key.len()].copy_from_slice(key);
+        off as u32
     }
 
     /// Index of the leaf that holds (or would hold) the key.
     fn leaf_for(&self, ns: u8, key: &[u8]) -> usize {
         let n = self
             .leaves
-            .partition_point(|leaf| self.cmp_slot(leaf[0], ns, key) != Ordering::Greater);
+            .partition_point(|leaf| self.cmp_rec(leaf[0], ns, key) != Ordering::Greater);
         n.saturating_sub(1)
     }
 
@@ -304,7 +497,7 @@ impl Index {
         };
         // Fast path: appending in key order.
         let last_slot = last[last.len() - 1];
-        if self.cmp_slot(last_slot, ns, key) == Ordering::Less {
+        if self.cmp_rec(last_slot, ns, key) == Ordering::Less {
             if last.len() >= LEAF_MAX {
                 let mut leaf = Vec::with_capacity(LEAF_MAX);
                 leaf.push(s);
@@ -315,7 +508,7 @@ impl Index {
             return;
         }
         let li = self.leaf_for(ns, key);
-        let pos = self.leaves[li].partition_point(|&x| self.cmp_slot(x, ns, key) == Ordering::Less);
+        let pos = self.leaves[li].partition_point(|&x| self.cmp_rec(x, ns, key) == Ordering::Less);
         let leaf = &mut self.leaves[li];
         leaf.insert(pos, s);
         if leaf.len() > LEAF_MAX {
@@ -326,7 +519,7 @@ impl Index {
 
     fn ordered_remove(&mut self, s: u32, ns: u8, key: &[u8]) {
         let li = self.leaf_for(ns, key);
-        let pos = self.leaves[li].partition_point(|&x| self.cmp_slot(x, ns, key) == Ordering::Less);
+        let pos = self.leaves[li].partition_point(|&x| self.cmp_rec(x, ns, key) == Ordering::Less);
         debug_assert_eq!(self.leaves[li].get(pos), Some(&s));
         if self.leaves[li].get(pos) != Some(&s) {
             return;
@@ -354,10 +547,10 @@ impl Index {
         rec_off: u32,
         val_off: u32,
     ) -> bool {
-        let Some(s) = self.find(ns, key) else {
+        let Some((_, off)) = self.find(ns, key, self.tag_of(ns, key)) else {
             return false;
         };
-        let e = &mut self.slots[s as usize].entry;
+        let e = self.entry_mut(off);
         if e.seq != seq {
             return false;
         }
@@ -384,7 +577,7 @@ impl Index {
         if li >= self.leaves.len() {
             return;
         }
-        let mut pos = self.leaves[li].partition_point(|&x| match self.cmp_slot(x, ns, start) {
+        let mut pos = self.leaves[li].partition_point(|&x| match self.cmp_rec(x, ns, start) {
             Ordering::Less => true,
             Ordering::Equal => exclusive,
             Ordering::Greater => false,
@@ -392,11 +585,11 @@ impl Index {
         loop {
             while pos < self.leaves[li].len() {
                 let s = self.leaves[li][pos];
-                let (kns, k) = self.split_key(s);
+                let (kns, k) = self.key_of(s);
                 if kns != ns || !k.starts_with(prefix) {
                     return;
                 }
-                if !f(k, &self.slots[s as usize].entry) {
+                if !f(k, self.entry(s)) {
                     return;
                 }
                 pos += 1;
@@ -421,9 +614,12 @@ impl Index {
         None
     }
 
-    fn heap_entry_valid(&self, exp: u64, seq: u64, s: u32) -> bool {
-        let slot = &self.slots[s as usize];
-        slot.key != FREE && slot.entry.seq == seq && slot.entry.expires_at == exp
+    fn heap_entry_valid(&self, exp: u64, seq: u64, off: u32) -> bool {
+        if self.is_dead(off) {
+            return false;
+        }
+        let e = self.entry(off);
+        e.seq == seq && e.expires_at == exp
     }
 
     /// Up to `limit` keys whose expiry is at or before `now`, earliest first, as
@@ -440,8 +636,8 @@ impl Index {
             }
             let top = self.heap.pop();
             if self.heap_entry_valid(exp, seq, s) {
-                let (ns, k) = self.split_key(s);
-                out.push((ns, k.to_vec(), self.slots[s as usize].entry));
+                let (ns, k) = self.key_of(s);
+                out.push((ns, k.to_vec(), *self.entry(s)));
                 seen.extend(top);
             } else {
                 self.heap_stale = self.heap_stale.saturating_sub(1);
@@ -458,39 +654,85 @@ impl Index {
         }
     }
 
+    /// Offsets of the live records, in arena order.
+    fn live_records(&self) -> impl Iterator<Item = u32> + '_ {
+        let mut off = 1;
+        std::iter::from_fn(move || {
+            while off < self.arena.len() {
+                let o = off as u32;
+                let (len, _, flags) = self.header(o);
+                off += record_words(len);
+                if flags & DEAD == 0 {
+                    return Some(o);
+                }
+            }
+            None
+        })
+    }
+
     fn rebuild_heap(&mut self) {
         let items: Vec<_> = self
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(_, sl)| sl.key != FREE && sl.entry.expires_at != 0)
-            .map(|(i, sl)| Reverse((sl.entry.expires_at, sl.entry.seq, i as u32)))
+            .live_records()
+            .filter_map(|o| {
+                let e = self.entry(o);
+                (e.expires_at != 0).then_some(Reverse((e.expires_at, e.seq, o)))
+            })
             .collect();
         self.heap = BinaryHeap::from(items);
         self.heap_stale = 0;
     }
 
-    fn maybe_compact_arena(&mut self) {
-        if self.arena_garbage < (1 << 20) || self.arena_garbage * 2 < self.arena.len() {
-            return;
+    /// Compacts the arena if dead records pass half of it. True if it did.
+    fn maybe_compact_arena(&mut self) -> bool {
+        if self.garbage < self.compact_min.max(1) || self.garbage * 2 < self.arena.len() {
+            return false;
         }
-        let mut arena = Vec::with_capacity(self.arena.len() - self.arena_garbage);
-        for slot in self.slots.iter_mut().filter(|s| s.key != FREE) {
-            let (off, len) = slot.key_range();
-            let new_off = arena.len() as u64;
-            arena.extend_from_slice(&self.arena[off..off + len]);
-            slot.key = new_off | ((len as u64) << 48);
+        self.compact_arena();
+        true
+    }
+
+    /// Copies the live records into a new arena and remaps every offset (table, leaves, heap).
+    fn compact_arena(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        arena.push(0);
+        let mut off = 1;
+        while off < self.arena.len() {
+            let (len, _, flags) = self.header(off as u32);
+            let words = record_words(len);
+            if flags & DEAD == 0 {
+                let new_off = arena.len() as u64;
+                arena.extend_from_slice(&self.arena[off..off + words]);
+                // The old copy is dropped below: its first word becomes the forwarding offset.
+                self.arena[off] = new_off;
+            }
+            off += words;
         }
-        self.arena = arena;
-        self.arena_garbage = 0;
+        let old = std::mem::replace(&mut self.arena, arena);
+        for b in self.table.iter_mut().filter(|b| **b != 0) {
+            *b = (*b & !0xFFFF_FFFF) | old[*b as u32 as usize];
+        }
+        for leaf in &mut self.leaves {
+            for s in leaf.iter_mut() {
+                *s = old[*s as usize] as u32;
+            }
+        }
+        self.garbage = 0;
+        self.arena_moved();
+        self.rebuild_heap();
+    }
+
+    /// Re-advises the arena after a reallocation may have moved or grown it.
+    fn arena_moved(&mut self) {
+        if self.arena.capacity() != self.advised_cap {
+            self.advised_cap = self.arena.capacity();
+            advise_huge_pages(&self.arena);
+        }
     }
 
     /// Bytes of memory the index holds (capacity, not just use), for statistics.
     pub fn memory_bytes(&self) -> usize {
-        self.slots.capacity() * std::mem::size_of::<Slot>()
-            + self.free.capacity() * 4
-            + self.arena.capacity()
-            + self.hash.capacity() * 5
+        self.arena.capacity() * 8
+            + self.table.capacity() * 8
             + self.leaves.capacity() * std::mem::size_of::<Vec<u32>>()
             + self.leaves.iter().map(|l| l.capacity() * 4).sum::<usize>()
             + self.heap.capacity() * std::mem::size_of::<Reverse<(u64, u64, u32)>>()
@@ -498,21 +740,11 @@ impl Index {
 
     /// Calls `f` for every key (any order). For statistics and checks.
     pub fn for_each(&self, mut f: impl FnMut(u8, &[u8], &Entry)) {
-        for slot in self.slots.iter().filter(|s| s.key != FREE) {
-            let (off, len) = slot.key_range();
-            let k = &self.arena[off..off + len];
-            f(k[0], &k[1..], &slot.entry);
+        for o in self.live_records() {
+            let (ns, k) = self.key_of(o);
+            f(ns, k, self.entry(o));
         }
     }
-}
-
-fn rehash(hasher: &hashbrown::DefaultHashBuilder, slots: &[Slot], arena: &[u8], s: u32) -> u64 {
-    let (off, len) = slots[s as usize].key_range();
-    let k = &arena[off..off + len];
-    let mut h = hasher.build_hasher();
-    h.write_u8(k[0]);
-    h.write(&k[1..]);
-    h.finish()
 }
 
 #[cfg(test)]
@@ -573,6 +805,130 @@ mod tests {
             }
             check_against(&mut idx, &model);
         }
+    }
+
+    /// Checks the internal structure: table, arena, leaves and heap agree.
+    fn check_structure(idx: &Index) {
+        let mut in_table = 0;
+        for (i, &b) in idx.table.iter().enumerate() {
+            if b == 0 {
+                continue;
+            }
+            in_table += 1;
+            let off = b as u32;
+            assert!(!idx.is_dead(off));
+            let (ns, key) = idx.key_of(off);
+            assert_eq!((b >> 32) as u32, idx.tag_of(ns, key));
+            assert_eq!(idx.find(ns, key, idx.tag_of(ns, key)), Some((i, off)));
+        }
+        assert_eq!(in_table, idx.live);
+        assert_eq!(idx.live_records().count(), idx.live);
+        assert!(idx.live * 100 <= idx.table.len() * MAX_LOAD_PCT);
+        if !idx.bulk {
+            let ordered: Vec<u32> = idx.leaves.iter().flatten().copied().collect();
+            assert_eq!(ordered.len(), idx.live);
+            assert!(ordered.is_sorted_by(|&a, &b| idx.cmp_recs(a, b) == Ordering::Less));
+            assert!(
+                idx.leaves
+                    .iter()
+                    .all(|l| !l.is_empty() && l.len() <= LEAF_MAX)
+            );
+        }
+    }
+
+    fn apply_ops(
+        idx: &mut Index,
+        ops: Vec<(u8, u16, u64, bool)>,
+    ) -> BTreeMap<(u8, Vec<u8>), Entry> {
+        let mut model = BTreeMap::new();
+        for (i, (ns, k, exp, del)) in ops.into_iter().enumerate() {
+            // Keys of varied lengths (padding) sharing prefixes (ordering).
+            let key = format!("k{k}{}", "x".repeat(usize::from(k % 13))).into_bytes();
+            if del {
+                assert_eq!(idx.remove(ns, &key), model.remove(&(ns, key.clone())));
+            } else {
+                let en = e(i as u64 + 1, exp);
+                assert_eq!(
+                    idx.upsert(ns, &key, en),
+                    model.insert((ns, key.clone()), en)
+                );
+            }
+        }
+        model
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn growth_and_arena_compaction_match_a_btreemap(
+            ops in prop::collection::vec((0u8..3, 0u16..3000, 0u64..50, prop::bool::weighted(0.4)), 1..8000),
+            compact_often in any::<bool>(),
+        ) {
+            let mut idx = Index::new();
+            if compact_often {
+                idx.compact_min = 0;
+            }
+            let model = apply_ops(&mut idx, ops);
+            check_structure(&idx);
+            check_against(&mut idx, &model);
+            // `for_each` sees exactly the model.
+            let mut all = BTreeMap::new();
+            idx.for_each(|ns, k, en| {
+                all.insert((ns, k.to_vec()), *en);
+            });
+            prop_assert_eq!(&all, &model);
+            // `due` reports exactly the expired keys, earliest first.
+            let mut due: Vec<_> = idx.due(25, usize::MAX).into_iter().map(|(ns, k, en)| (en.expires_at, ns, k)).collect();
+            let mut want: Vec<_> = model.iter().filter(|(_, v)| v.expires_at != 0 && v.expires_at <= 25).map(|((ns, k), v)| (v.expires_at, *ns, k.clone())).collect();
+            prop_assert!(due.is_sorted_by_key(|d| d.0));
+            due.sort();
+            want.sort();
+            prop_assert_eq!(due, want);
+        }
+
+        #[test]
+        fn bulk_load_with_many_keys_matches_a_btreemap(
+            ops in prop::collection::vec((0u8..3, 0u16..4000, 0u64..50, prop::bool::weighted(0.1)), 1..6000),
+            expected in 0usize..10_000,
+            drop_mod in 2u64..7,
+        ) {
+            let mut idx = Index::new();
+            idx.begin_bulk(expected);
+            let mut model = apply_ops(&mut idx, ops);
+            check_structure(&idx);
+            idx.finish_bulk(|_, _, en| en.seq % drop_mod != 0);
+            model.retain(|_, v| v.seq % drop_mod != 0);
+            check_structure(&idx);
+            check_against(&mut idx, &model);
+            // Still usable after the bulk load.
+            let key = b"after-bulk".to_vec();
+            prop_assert_eq!(idx.upsert(1, &key, e(1_000_000, 3)), None);
+            model.insert((1, key), e(1_000_000, 3));
+            check_structure(&idx);
+            check_against(&mut idx, &model);
+        }
+    }
+
+    #[test]
+    fn compaction_remaps_every_offset() {
+        let mut idx = Index::new();
+        idx.compact_min = 0;
+        let mut model = BTreeMap::new();
+        for i in 0..20_000u64 {
+            let k = format!("{i:016}").into_bytes();
+            idx.upsert(2, &k, e(i + 1, i % 5 * 10));
+            model.insert((2, k), e(i + 1, i % 5 * 10));
+        }
+        let before = idx.arena.len();
+        for i in (0..20_000u64).filter(|i| i % 4 != 1) {
+            let k = format!("{i:016}").into_bytes();
+            assert_eq!(idx.remove(2, &k), model.remove(&(2, k)));
+        }
+        assert!(idx.arena.len() < before / 2, "the arena was compacted");
+        check_structure(&idx);
+        check_against(&mut idx, &model);
+        assert!(idx.repoint(2, b"0000000000000001", 2, 9, 1, 2));
+        assert_eq!(idx.get(2, b"0000000000000001").map(|en| en.seg), Some(9));
     }
 
     #[test]
