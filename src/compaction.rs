@@ -128,10 +128,18 @@ pub fn run(inner: &Inner) -> Result<CompactionReport> {
     Ok(report)
 }
 
+/// True if every put of the segment expires within the expiry horizon: it is left to die whole.
+/// Rewriting it, or writing its hint, would write data about to be dropped anyway (the write
+/// amplification TTL workloads must not pay).
+fn expires_soon(inner: &Inner, info: &SegmentInfo) -> bool {
+    let horizon = crate::clock::duration_ms(inner.opts.expiry_horizon);
+    !info.has_persistent && info.max_expiry <= inner.opts.clock.now_ms().saturating_add(horizon)
+}
+
 fn write_hints(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     for (id, info) in sealed_snapshot(inner)
         .into_iter()
-        .filter(|(_, i)| !i.has_hint)
+        .filter(|(_, i)| !i.has_hint && !expires_soon(inner, i))
     {
         let seg = info.seg.clone();
         let end = info.end();
@@ -263,15 +271,9 @@ struct Copy<'a> {
 fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     let threshold = inner.opts.compaction_threshold;
     let segment_size = inner.opts.segment_size as usize;
-    let now = inner.opts.clock.now_ms();
-    let horizon = crate::clock::duration_ms(inner.opts.expiry_horizon);
-    // A segment whose every put expires soon is left to die whole: rewriting it would copy data
-    // that is about to be dropped anyway (the write amplification TTL workloads must not pay).
-    let expires_soon =
-        |i: &SegmentInfo| !i.has_persistent && i.max_expiry <= now.saturating_add(horizon);
     let mut candidates: Vec<(u32, SegmentInfo)> = sealed_snapshot(inner)
         .into_iter()
-        .filter(|(_, i)| i.data_bytes > 0 && i.dead_ratio() >= threshold && !expires_soon(i))
+        .filter(|(_, i)| i.data_bytes > 0 && i.dead_ratio() >= threshold && !expires_soon(inner, i))
         .collect();
     candidates.sort_by_key(|(id, _)| *id);
     // One group per pass, bounded so the pass stays short: up to 4 segments' worth of live data.
