@@ -392,8 +392,8 @@ impl Index {
         self.leaves = kept.chunks(LEAF_MAX).map(|c| c.to_vec()).collect();
         self.bulk = false;
         // The expected count was an estimate: give back a table far larger than needed.
-        if self.table.len() > MIN_BUCKETS && self.live * 100 < self.table.len() * 65 {
-            self.resize_table(buckets_for(self.live, 80));
+        if self.table.len() > MIN_BUCKETS && self.live * 100 < self.table.len() * 40 {
+            self.resize_table(buckets_for(self.live, 75));
         }
         if !self.maybe_compact_arena() {
             self.rebuild_heap();
