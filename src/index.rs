@@ -406,11 +406,24 @@ impl Index {
 
     /// Sets the entry of a key, inserting it if new. Returns the previous entry.
     pub fn upsert(&mut self, ns: u8, key: &[u8], entry: Entry) -> Option<Entry> {
+        self.upsert_with(ns, key, |_| Some(entry)).0
+    }
+
+    /// Sets a key's entry to what `decide` returns for its current one (`None`: leave it), with
+    /// one lookup. Returns the previous entry and whether it changed.
+    pub fn upsert_with(
+        &mut self,
+        ns: u8,
+        key: &[u8],
+        decide: impl FnOnce(Option<&Entry>) -> Option<Entry>,
+    ) -> (Option<Entry>, bool) {
         let tag = self.tag_of(ns, key);
         if let Some((_, off)) = self.find(ns, key, tag) {
-            let e = self.entry_mut(off);
-            let old = *e;
-            *e = entry;
+            let old = *self.entry(off);
+            let Some(entry) = decide(Some(&old)) else {
+                return (Some(old), false);
+            };
+            *self.entry_mut(off) = entry;
             if old.expires_at != 0 {
                 self.heap_stale += 1;
             }
@@ -418,8 +431,11 @@ impl Index {
                 self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
             }
             self.maybe_rebuild_heap();
-            return Some(old);
+            return (Some(old), true);
         }
+        let Some(entry) = decide(None) else {
+            return (None, false);
+        };
         self.reserve(1);
         let off = self.push_record(ns, key, entry);
         table_insert(&mut self.table, (u64::from(tag) << 32) | u64::from(off));
@@ -430,7 +446,7 @@ impl Index {
             self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
         }
         self.live += 1;
-        None
+        (None, true)
     }
 
     /// Removes a key. Returns its entry.

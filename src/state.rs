@@ -56,8 +56,8 @@ impl State {
     /// the index holds for its key is ignored, and deletes leave a tombstone entry (removed by
     /// [`State::finish_replay`]) so that an older put replayed later cannot resurrect the key.
     pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
-        // A live-mode put needs no lookup first: the upsert returns what it replaced.
-        let current = if replay || op.kind != KIND_PUT {
+        // A put needs no lookup first: the upsert decides against what it finds, in one lookup.
+        let current = if op.kind != KIND_PUT {
             self.index.get(op.ns, op.key).copied()
         } else {
             None
@@ -68,13 +68,7 @@ impl State {
             info.saw_seq(op.seq);
         }
         if replay && current.is_some_and(|c| c.seq >= op.seq) {
-            if op.kind == KIND_PUT {
-                if let Some(info) = self.segments.get_mut(&seg) {
-                    info.saw_seq(op.seq);
-                }
-            } else {
-                self.add_tombstone_bytes(seg, op);
-            }
+            self.add_tombstone_bytes(seg, op);
             return Applied::Stale;
         }
         match op.kind {
@@ -87,7 +81,16 @@ impl State {
                     val_off: rec_off + op.value_offset as u32,
                     val_len: op.value.len() as u32,
                 };
-                let old = self.index.upsert(op.ns, op.key, entry);
+                // During replay an older op than the key's current one is stale.
+                let (old, changed) = self.index.upsert_with(op.ns, op.key, |cur| {
+                    (!replay || cur.is_none_or(|c| c.seq < op.seq)).then_some(entry)
+                });
+                if !changed {
+                    if let Some(info) = self.segments.get_mut(&seg) {
+                        info.saw_seq(op.seq);
+                    }
+                    return Applied::Stale;
+                }
                 if let Some(o) = &old {
                     self.account_removed(op.key.len(), o);
                 }
