@@ -150,12 +150,14 @@ pub fn encode(segment_id: u64, segment_len: u64, entries: &[HintEntry<'_>]) -> R
 /// Why a hint file was not usable.
 pub type HintError = &'static str;
 
-/// Decodes a hint file, checking it describes segment `segment_id` of length `segment_len`.
-pub fn decode(
+/// Checks a hint file's header and checksum and returns an iterator over its entries, which
+/// decodes them one at a time (no allocation per file). Every entry decoding and the byte count
+/// are checked as the iteration goes: an `Err` item ends it.
+pub fn entries(
     bytes: &[u8],
     segment_id: u64,
     segment_len: u64,
-) -> std::result::Result<Vec<HintEntry<'_>>, HintError> {
+) -> std::result::Result<Entries<'_>, HintError> {
     if bytes.len() < HINT_HEADER_LEN + HINT_TRAILER_LEN || bytes[0..8] != HINT_MAGIC {
         return Err("not a hint file");
     }
@@ -185,21 +187,68 @@ pub fn decode(
     }
     let count = u64_at(body_end - 8);
     let entries_end = body_end - 8;
-    // Each entry takes at least 38 bytes: bound the count before reserving.
+    // Each entry takes at least 38 bytes.
     if count > (entries_end - HINT_HEADER_LEN) as u64 / 38 {
         return Err("entry count out of range");
     }
-    let mut out = Vec::with_capacity(count as usize);
-    let mut at = HINT_HEADER_LEN;
-    for _ in 0..count {
-        let (e, n): (HintEntry<'_>, usize) =
-            bincode::borrow_decode_from_slice(&bytes[at..entries_end], config())
-                .map_err(|_| "entry does not decode")?;
-        at += n;
-        out.push(e);
+    Ok(Entries {
+        bytes: &bytes[..entries_end],
+        at: HINT_HEADER_LEN,
+        left: count,
+    })
+}
+
+/// The entries of a hint file, decoded one at a time. See [`entries`].
+#[derive(Debug)]
+pub struct Entries<'a> {
+    bytes: &'a [u8],
+    at: usize,
+    left: u64,
+}
+
+impl Entries<'_> {
+    /// Entries not yet decoded.
+    pub fn remaining(&self) -> u64 {
+        self.left
     }
-    if at != entries_end {
-        return Err("bytes after the last entry");
+}
+
+impl<'a> Iterator for Entries<'a> {
+    type Item = std::result::Result<HintEntry<'a>, HintError>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return (self.at != self.bytes.len())
+                .then_some(Err("bytes after the last entry"))
+                .inspect(|_| {
+                    self.at = self.bytes.len();
+                });
+        }
+        self.left -= 1;
+        match bincode::borrow_decode_from_slice(&self.bytes[self.at..], config()) {
+            Ok((e, n)) => {
+                self.at += n;
+                Some(Ok(e))
+            }
+            Err(_) => {
+                self.left = 0;
+                self.at = self.bytes.len();
+                Some(Err("entry does not decode"))
+            }
+        }
+    }
+}
+
+/// Decodes a whole hint file, checking it describes segment `segment_id` of length
+/// `segment_len`.
+pub fn decode(
+    bytes: &[u8],
+    segment_id: u64,
+    segment_len: u64,
+) -> std::result::Result<Vec<HintEntry<'_>>, HintError> {
+    let it = entries(bytes, segment_id, segment_len)?;
+    let mut out = Vec::with_capacity(it.remaining() as usize);
+    for e in it {
+        out.push(e?);
     }
     Ok(out)
 }
@@ -224,6 +273,25 @@ pub fn write(storage: &dyn Storage, dir: &Path, id: u64, bytes: &[u8]) -> Result
         .rename(&tmp, &path)
         .map_err(|e| Error::io("rename", &tmp, e))?;
     Ok(path)
+}
+
+/// Maps a hint file read-only, if present.
+pub fn map(
+    storage: &dyn Storage,
+    dir: &Path,
+    id: u64,
+) -> Result<Option<std::sync::Arc<dyn crate::storage::Mapping>>> {
+    let path = dir.join(file_name(id));
+    let file = match storage.open(&path, OpenMode::Read) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("open", &path, e)),
+    };
+    let len = file.len().map_err(|e| Error::io("stat", &path, e))?;
+    let map = file
+        .map(usize::try_from(len).unwrap_or(0), false)
+        .map_err(|e| Error::io("mmap", &path, e))?;
+    Ok(Some(map))
 }
 
 /// Reads a whole hint file, if present.

@@ -369,41 +369,45 @@ impl Replay<'_> {
 
     /// Replays a sealed segment from its hint file. False if there is no usable hint.
     fn replay_hint(&mut self, id: u64, data: &[u8]) -> Result<bool> {
-        let Some(bytes) = hint::read(&*self.opts.storage, self.dir, id)? else {
+        let Some(map) = hint::map(&*self.opts.storage, self.dir, id)? else {
             return Ok(false);
         };
-        let Ok(entries) = hint::decode(&bytes, id, data.len() as u64) else {
-            self.report.bad_hints += 1;
-            return Ok(false);
-        };
+        let bytes = crate::storage::mapped(&*map, 0, map.len());
         let sid = id as u32;
         let compacted = self
             .state
             .segments
             .get(&sid)
             .is_some_and(|i| i.kind == SEGMENT_KIND_COMPACTED);
-        let mut ops = Vec::with_capacity(entries.len());
-        let mut last = self.last_log_seq;
-        let mut end = HEADER_LEN;
-        for e in &entries {
-            let Some(op) = e.to_op(data) else {
-                self.report.bad_hints += 1;
-                return Ok(false);
-            };
-            if !compacted && op.seq <= last {
-                self.report.bad_hints += 1;
-                return Ok(false);
+        // Pass 1 checks every entry, pass 2 applies them: a bad hint changes nothing and the
+        // segment is scanned instead. Entries are decoded in place, twice, rather than collected.
+        let valid = (|| {
+            let mut last = self.last_log_seq;
+            for e in hint::entries(bytes, id, data.len() as u64)? {
+                let e = e?;
+                let op = e.to_op(data).ok_or("entry outside its segment")?;
+                if !compacted && op.seq <= last {
+                    return Err("sequences out of order");
+                }
+                last = last.max(op.seq);
             }
-            last = last.max(op.seq);
-            end = end.max(e.rec_off as usize);
-            ops.push((e.rec_off, op));
-        }
+            Ok::<u64, hint::HintError>(last)
+        })();
+        let Ok(last) = valid else {
+            self.report.bad_hints += 1;
+            return Ok(false);
+        };
         let mut prev_rec = None;
-        for (rec_off, op) in &ops {
-            self.state.apply(sid, *rec_off, op, true);
-            if prev_rec != Some(*rec_off) {
+        for e in hint::entries(bytes, id, data.len() as u64)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(op) = e.to_op(data) else { continue };
+            self.state.apply(sid, e.rec_off, &op, true);
+            if prev_rec != Some(e.rec_off) {
                 self.report.records += 1;
-                prev_rec = Some(*rec_off);
+                prev_rec = Some(e.rec_off);
             }
             self.max_seq = self.max_seq.max(op.seq);
         }
