@@ -153,6 +153,13 @@ pub struct Ttl {
 impl Ttl {
     fn open(dir: &Path, mode: Mode) -> R<Ttl> {
         let mut opts = ttlstore::Options::default();
+        // A segment size other than the default, for runs that show how it shapes TTL churn.
+        if let Some(size) = std::env::var("TTLSTORE_SEGMENT_SIZE")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            opts = opts.segment_size(size);
+        }
         if mode == Mode::Durable {
             opts = opts.sync(ttlstore::SyncPolicy::Always);
         }
