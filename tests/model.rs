@@ -12,6 +12,9 @@ use ttlstore::{ManualClock, Options, Store, SyncPolicy, WriteBatch};
 
 const T0: u64 = 1_700_000_000_000;
 
+/// One batch entry: a key and either a put (value byte, optional TTL) or a delete.
+type BatchEntry = (u8, Option<(u8, Option<u64>)>);
+
 #[derive(Debug, Clone)]
 enum Op {
     Put(u8, u8),
@@ -19,7 +22,7 @@ enum Op {
     Delete(u8),
     Expire(u8, u64),
     Persist(u8),
-    Batch(Vec<(u8, Option<(u8, Option<u64>)>)>),
+    Batch(Vec<BatchEntry>),
     Advance(u64),
     Reopen,
     Compact,

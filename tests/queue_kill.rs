@@ -54,7 +54,7 @@ fn child(dir: &str, round: u64) {
     let (_store, q) = open(dir, round);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (round + 1));
     let out = std::io::stdout();
-    let mut say = |line: String| {
+    let say = |line: String| {
         let mut o = out.lock();
         writeln!(o, "{line}").unwrap();
         o.flush().unwrap();
@@ -67,7 +67,7 @@ fn child(dir: &str, round: u64) {
             say(format!("P {id}"));
         } else if let Some(t) = q.pop(Duration::ZERO).unwrap() {
             say(format!("L {}", t.id));
-            if rng.next() % 6 == 0 {
+            if rng.next().is_multiple_of(6) {
                 q.nack(&t, Duration::ZERO).unwrap();
                 say(format!("N {}", t.id));
             } else {
