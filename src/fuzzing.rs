@@ -129,6 +129,38 @@ pub fn decode_segment(data: &[u8]) {
     }
 }
 
+/// Decodes `data` as a hint file: the first 8 bytes (u64 LE) are the length of the segment it
+/// claims to describe, the rest is the hint file. Decoding must not panic; what decodes must
+/// encode back to exactly the same bytes, and the streaming and collecting decoders must agree.
+pub fn decode_hint(data: &[u8]) {
+    let (len_bytes, bytes) = data.split_at(data.len().min(8));
+    let mut l = [0u8; 8];
+    l[..len_bytes.len()].copy_from_slice(len_bytes);
+    let segment_len = u64::from_le_bytes(l);
+    let id = bytes.get(16..24).map_or(0, |b| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(b);
+        u64::from_le_bytes(x)
+    });
+    let collected = crate::hint::decode(bytes, id, segment_len);
+    let streamed: Option<Vec<_>> = crate::hint::entries(bytes, id, segment_len)
+        .ok()
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>().ok());
+    assert_eq!(
+        collected.as_ref().ok(),
+        streamed.as_ref(),
+        "the two decoders disagree"
+    );
+    if let Ok(entries) = collected {
+        let again = crate::hint::encode(id, segment_len, &entries).expect("re-encode");
+        // Reserved header bytes are not checked on read; compare everything else.
+        assert_eq!(again.len(), bytes.len(), "re-encoded length");
+        assert_eq!(&again[40..], &bytes[40..], "re-encoded entries");
+        assert_eq!(&again[..12], &bytes[..12], "re-encoded magic and version");
+        assert_eq!(&again[16..32], &bytes[16..32], "re-encoded id and length");
+    }
+}
+
 /// Encodes files for [`open_directory`]: `(is_hint, id, bytes)` each.
 pub fn encode_directory(mode: u8, files: &[(bool, u8, Vec<u8>)]) -> Vec<u8> {
     let mut out = vec![mode];

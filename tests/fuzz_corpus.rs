@@ -15,8 +15,9 @@ use ttlstore::{ManualClock, Options, Store, SyncPolicy, WriteBatch};
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 3] = [
+const TARGETS: [(&str, Target); 4] = [
     ("decode_segment", fuzzing::decode_segment),
+    ("decode_hint", fuzzing::decode_hint),
     ("open_directory", fuzzing::open_directory),
     ("operation_sequence", fuzzing::operation_sequence),
 ];
@@ -217,6 +218,27 @@ fn write_seed_corpus() {
     for (hint, id, bytes) in &files {
         if !hint {
             write("decode_segment", &format!("segment-{id}"), bytes);
+        }
+    }
+    for (hint, id, bytes) in &files {
+        if *hint {
+            let seg_len = files
+                .iter()
+                .find(|f| !f.0 && f.1 == *id)
+                .map_or(0, |f| f.2.len() as u64);
+            let mut input = seg_len.to_le_bytes().to_vec();
+            input.extend_from_slice(bytes);
+            write("decode_hint", &format!("hint-{id}"), &input);
+            let mut damaged = input.clone();
+            if let Some(last) = damaged.last_mut() {
+                *last ^= 0x5a;
+            }
+            write("decode_hint", &format!("hint-{id}-bad-crc"), &damaged);
+            write(
+                "decode_hint",
+                &format!("hint-{id}-cut"),
+                &input[..input.len().min(70)],
+            );
         }
     }
     write("decode_segment", "empty", &[]);
