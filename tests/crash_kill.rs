@@ -394,9 +394,32 @@ fn crash_child() {
             })
         })
         .collect();
+    // The layers beside the key-value writers: a thread append, a queue push, a pop and its ack,
+    // each reported once acknowledged (the ack's intent first, so the parent knows it was in
+    // flight).
+    let layers = {
+        let store = store.clone();
+        std::thread::spawn(move || {
+            let thread = store.thread("log").unwrap();
+            let queue = store.queue("jobs").unwrap();
+            for n in 0..MAX_OPS_PER_THREAD {
+                let payload = format!("r{round}n{n}");
+                let off = thread.append(payload.as_bytes()).unwrap();
+                emit(&format!("@T {off} {payload}"));
+                let id = queue.push(payload.as_bytes()).unwrap();
+                emit(&format!("@QP {id}"));
+                if let Some(task) = queue.pop(Duration::ZERO).unwrap() {
+                    emit(&format!("@QI {}", task.id));
+                    queue.ack(&task).unwrap();
+                    emit(&format!("@QA {}", task.id));
+                }
+            }
+        })
+    };
     for h in handles {
         h.join().unwrap();
     }
+    layers.join().unwrap();
     emit("@DONE");
     // Wait to be killed: the parent decides when this process ends (bounded, in case it died).
     std::thread::sleep(Duration::from_secs(120));
@@ -445,6 +468,80 @@ fn replay_report(
     }
     out.in_flight = pending.iter().filter(|p| p.is_some()).count() as u64;
     pending
+}
+
+/// What the child acknowledged of the thread and the queue, over all rounds.
+#[derive(Default)]
+struct Layers {
+    /// Thread offset → payload, for every acknowledged append.
+    appended: BTreeMap<u64, String>,
+    /// Tasks whose push was acknowledged.
+    pushed: std::collections::BTreeSet<String>,
+    /// Tasks whose ack was acknowledged (or found done after an ack in flight).
+    acked: std::collections::BTreeSet<String>,
+    /// Acks in flight at the kill: either outcome is right.
+    acking: std::collections::BTreeSet<String>,
+}
+
+impl Layers {
+    fn absorb(&mut self, lines: &[String]) {
+        self.acking.clear();
+        for line in lines {
+            if let Some(rest) = line.strip_prefix("@T ") {
+                let (off, payload) = rest.split_once(' ').unwrap();
+                let prev = self
+                    .appended
+                    .insert(off.parse().unwrap(), payload.to_string());
+                assert!(prev.is_none(), "thread offset {off} handed out twice");
+            } else if let Some(id) = line.strip_prefix("@QP ") {
+                self.pushed.insert(id.to_string());
+            } else if let Some(id) = line.strip_prefix("@QI ") {
+                self.acking.insert(id.to_string());
+            } else if let Some(id) = line.strip_prefix("@QA ") {
+                self.acking.remove(id);
+                self.acked.insert(id.to_string());
+            }
+        }
+    }
+
+    fn verify(&mut self, store: &Store, ctx: &str) {
+        let thread = store.thread("log").unwrap();
+        let all = thread.read(0, usize::MAX).unwrap();
+        for (i, m) in all.iter().enumerate() {
+            assert_eq!(m.offset, i as u64, "{ctx}: gap in the thread's offsets");
+        }
+        assert_eq!(all.len() as u64, thread.next_offset(), "{ctx}: next_offset");
+        for (off, payload) in &self.appended {
+            let m = all
+                .get(*off as usize)
+                .unwrap_or_else(|| panic!("{ctx}: acked message {off} lost"));
+            assert_eq!(m.payload, payload.as_bytes(), "{ctx}: message {off}");
+        }
+        // Messages that reached the disk without their ack hold their offsets from now on.
+        for m in all {
+            self.appended
+                .entry(m.offset)
+                .or_insert_with(|| String::from_utf8(m.payload).unwrap());
+        }
+        let queue = store.queue("jobs").unwrap();
+        let exists = |id: &str| {
+            queue
+                .task(&ttlstore::TaskId::new(id).unwrap())
+                .unwrap()
+                .is_some()
+        };
+        for id in std::mem::take(&mut self.acking) {
+            if !exists(&id) {
+                self.acked.insert(id);
+            }
+        }
+        for id in &self.acked {
+            assert!(!exists(id), "{ctx}: acked task {id} came back");
+        }
+        for id in self.pushed.difference(&self.acked) {
+            assert!(exists(id), "{ctx}: pushed, unacked task {id} is missing");
+        }
+    }
 }
 
 fn observed(store: &Store, key: &str) -> Option<(Vec<u8>, Option<u64>)> {
@@ -526,9 +623,14 @@ fn verify(
         scanned.len(),
         expected.len()
     );
+    // The thread's and the queue's keys live in their own namespaces beside the model's.
+    let layer_keys: usize = [ttlstore::Namespace::THREADS, ttlstore::Namespace::QUEUES]
+        .into_iter()
+        .map(|ns| store.namespace(ns).keys_with_prefix(b"", usize::MAX).len())
+        .sum();
     assert_eq!(
         store.stats().live_keys,
-        expected.len() as u64,
+        (expected.len() + layer_keys) as u64,
         "{ctx}: live key count"
     );
 }
@@ -569,6 +671,7 @@ fn crash_kill_loop() {
     let mut rng = Rng(seed);
     let dir = tempfile::tempdir().unwrap();
     let mut model: BTreeMap<String, KeyState> = BTreeMap::new();
+    let mut layers = Layers::default();
     let (mut total_acked, mut total_in_flight, mut mid_open) = (0u64, 0u64, 0u64);
     let started = Instant::now();
     for round in 0..kills {
@@ -620,6 +723,7 @@ fn crash_kill_loop() {
         };
         let write_time = round_time(round);
         let pending = replay_report(&lines, &mut model, write_time, &mut outcome);
+        layers.absorb(&lines);
         total_acked += outcome.acked;
         total_in_flight += outcome.in_flight;
 
@@ -633,6 +737,7 @@ fn crash_kill_loop() {
         let store = Store::open_with(dir.path(), opts)
             .unwrap_or_else(|e| panic!("{ctx}: reopen failed: {e}"));
         verify(&store, &mut model, &pending, write_time, now, &ctx);
+        layers.verify(&store, &ctx);
         drop(store);
     }
     eprintln!(
@@ -642,5 +747,9 @@ fn crash_kill_loop() {
     assert!(
         total_acked > kills,
         "too few acknowledged operations ({total_acked}) to test anything"
+    );
+    assert!(
+        !layers.appended.is_empty() && !layers.acked.is_empty(),
+        "the thread and queue saw no acknowledged work"
     );
 }
