@@ -74,6 +74,30 @@ pub trait Kv: Send + Sync {
     fn ttl_stats(&self) -> Option<ttlstore::Stats> {
         None
     }
+    /// Queue emulation, the way users of a plain key-value store do it (one key per task): takes
+    /// the first key under `q` and moves it under `l` (leased) in one atomic write; returns the
+    /// task's key without the prefix. The caller serialises claims (no compare-and-swap here).
+    fn queue_claim(&self) -> R<Option<Vec<u8>>>;
+    /// Removes the leased task `l`+`task` (the ack), durably in [`Mode::Durable`].
+    fn queue_ack(&self, task: &[u8]) -> R<()>;
+    /// ttlstore's own queue, for the engine that has one.
+    fn native_queue(&self) -> Option<ttlstore::Queue> {
+        None
+    }
+    /// ttlstore's own message thread, for the engine that has one.
+    fn native_thread(&self) -> Option<ttlstore::Thread> {
+        None
+    }
+}
+
+/// The key of a ready task in the queue emulation.
+pub fn queued_key(task: &[u8]) -> Vec<u8> {
+    [b"q".as_slice(), task].concat()
+}
+
+/// The key of a leased task in the queue emulation.
+pub fn leased_key(task: &[u8]) -> Vec<u8> {
+    [b"l".as_slice(), task].concat()
 }
 
 /// Point reads and scans for one thread.
@@ -170,6 +194,18 @@ impl Ttl {
 }
 
 impl Kv for Ttl {
+    fn queue_claim(&self) -> R<Option<Vec<u8>>> {
+        Err("ttlstore runs its own queue (native_queue)".into())
+    }
+    fn queue_ack(&self, _task: &[u8]) -> R<()> {
+        Err("ttlstore runs its own queue (native_queue)".into())
+    }
+    fn native_queue(&self) -> Option<ttlstore::Queue> {
+        self.store.queue("bench").ok()
+    }
+    fn native_thread(&self) -> Option<ttlstore::Thread> {
+        self.store.thread("bench").ok()
+    }
     fn put(&self, k: &[u8], v: &[u8]) -> R<()> {
         Ok(self.store.put(k, v)?)
     }
@@ -244,6 +280,28 @@ impl Fjall {
 }
 
 impl Kv for Fjall {
+    fn queue_claim(&self) -> R<Option<Vec<u8>>> {
+        let Some(first) = self.ks.prefix(b"q").next() else {
+            return Ok(None);
+        };
+        let (k, v) = first.into_inner()?;
+        let task = k[1..].to_vec();
+        let mut b = self.db.batch();
+        b.remove(&self.ks, k.to_vec());
+        b.insert(&self.ks, leased_key(&task), v.to_vec());
+        b.commit()?;
+        if self.mode == Mode::Durable {
+            self.db.persist(fjall::PersistMode::SyncData)?;
+        }
+        Ok(Some(task))
+    }
+    fn queue_ack(&self, task: &[u8]) -> R<()> {
+        self.ks.remove(leased_key(task))?;
+        if self.mode == Mode::Durable {
+            self.db.persist(fjall::PersistMode::SyncData)?;
+        }
+        Ok(())
+    }
     fn put(&self, k: &[u8], v: &[u8]) -> R<()> {
         self.ks.insert(k, v)?;
         if self.mode == Mode::Durable {
@@ -369,6 +427,33 @@ impl Kv for Redb {
         }
         Ok(())
     }
+    fn queue_claim(&self) -> R<Option<Vec<u8>>> {
+        let txn = self.txn()?;
+        let task = {
+            let mut t = txn.open_table(TABLE)?;
+            let first = t
+                .range(&b"q"[..]..&b"r"[..])?
+                .next()
+                .transpose()?
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()));
+            match first {
+                Some((k, v)) => {
+                    t.remove(&k[..])?;
+                    t.insert(&leased_key(&k[1..])[..], &v[..])?;
+                    Some(k[1..].to_vec())
+                }
+                None => None,
+            }
+        };
+        txn.commit()?;
+        Ok(task)
+    }
+    fn queue_ack(&self, task: &[u8]) -> R<()> {
+        let txn = self.txn()?;
+        txn.open_table(TABLE)?.remove(&leased_key(task)[..])?;
+        txn.commit()?;
+        Ok(())
+    }
     fn put(&self, k: &[u8], v: &[u8]) -> R<()> {
         let txn = self.txn()?;
         txn.open_table(TABLE)?.insert(k, v)?;
@@ -477,6 +562,27 @@ impl Sled {
 }
 
 impl Kv for Sled {
+    fn queue_claim(&self) -> R<Option<Vec<u8>>> {
+        let Some((k, v)) = self.db.scan_prefix(b"q").next().transpose()? else {
+            return Ok(None);
+        };
+        let task = k[1..].to_vec();
+        let mut b = sled::Batch::default();
+        b.remove(k);
+        b.insert(leased_key(&task), v);
+        self.db.apply_batch(b)?;
+        if self.mode == Mode::Durable {
+            self.db.flush()?;
+        }
+        Ok(Some(task))
+    }
+    fn queue_ack(&self, task: &[u8]) -> R<()> {
+        self.db.remove(leased_key(task))?;
+        if self.mode == Mode::Durable {
+            self.db.flush()?;
+        }
+        Ok(())
+    }
     fn put(&self, k: &[u8], v: &[u8]) -> R<()> {
         self.db.insert(k, v)?;
         if self.mode == Mode::Durable {

@@ -19,9 +19,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use util::{R, Rng, Values, dir_bytes, key, timed};
 
-const WORKLOADS: [&str; 8] = [
+const WORKLOADS: [&str; 10] = [
     "fill",
     "fill-durable",
+    "queue",
+    "thread",
     "read",
     "reopen",
     "scan",
@@ -267,6 +269,62 @@ fn run(cfg: &Cfg) -> R<()> {
                         ops,
                     );
                 }
+            }
+        }
+    }
+    if wants(cfg, "queue") {
+        for round in 0..cfg.rounds {
+            for &engine in &cfg.engines {
+                eprintln!(
+                    "[{:>5.0}s] queue round {} {}",
+                    t0.elapsed().as_secs_f64(),
+                    round + 1,
+                    engine.name()
+                );
+                for workers in [1, 8] {
+                    let cycles = queue_cycles(engine, cfg, workers, &vals)?;
+                    table.add(
+                        "queue",
+                        &format!("{workers} worker(s): durable push+pop+ack cycles/s"),
+                        true,
+                        Col::Engine(engine),
+                        cycles,
+                    );
+                }
+            }
+            if redis_on && let Some(bin) = &redis_bin {
+                for workers in [1, 8] {
+                    let cycles = redis_queue(bin, cfg, workers, &vals)?;
+                    table.add(
+                        "queue",
+                        &format!("{workers} worker(s): durable push+pop+ack cycles/s"),
+                        true,
+                        Col::Redis,
+                        cycles,
+                    );
+                }
+            }
+        }
+    }
+    if wants(cfg, "thread") {
+        for round in 0..cfg.rounds {
+            for &engine in &cfg.engines {
+                eprintln!(
+                    "[{:>5.0}s] thread round {} {}",
+                    t0.elapsed().as_secs_f64(),
+                    round + 1,
+                    engine.name()
+                );
+                let (appends, reads) = thread_rates(engine, cfg, &vals)?;
+                let col = Col::Engine(engine);
+                table.add(
+                    "thread",
+                    "appends/s (one message per call, then one sync)",
+                    true,
+                    col,
+                    appends,
+                );
+                table.add("thread", "random message reads/s", true, col, reads);
             }
         }
     }
@@ -646,6 +704,39 @@ fn durable(engine: Engine, cfg: &Cfg, threads: u64, vals: &Values) -> R<(f64, Op
     Ok((total.0 as f64 / secs, syncs))
 }
 
+/// Durable push + pop + ack cycles per second with `workers` threads, each cycle three durable
+/// writes. ttlstore uses its queue (leases with tokens, attempts, crash-safe); the peers the usual
+/// emulation with one key per task: push puts `q`+id, pop moves the first `q` key to `l`+id in one
+/// atomic write (claims serialised by a mutex, as the engines have no compare-and-swap across
+/// keys here), ack deletes it.
+fn queue_cycles(engine: Engine, cfg: &Cfg, workers: u64, vals: &Values) -> R<f64> {
+    let dir = tempfile::tempdir_in(&cfg.base)?;
+    let kv = engines::open(engine, dir.path(), Mode::Durable)?;
+    let claim = std::sync::Mutex::new(());
+    let native = kv.native_queue();
+    let (done, took) = run_writers(workers, cfg.durable_time, |th, i| {
+        let v = vals.get(i);
+        if let Some(q) = &native {
+            q.push(v)?;
+            if let Some(task) = q.pop(Duration::ZERO)? {
+                q.ack(&task)?;
+            }
+            return Ok(());
+        }
+        let id = format!("{th:03}{i:013}").into_bytes();
+        kv.put(&engines::queued_key(&id), v)?;
+        let task = {
+            let _one_claim_at_a_time = claim.lock().map_err(|_| "claim lock poisoned")?;
+            kv.queue_claim()?
+        };
+        if let Some(task) = task {
+            kv.queue_ack(&task)?;
+        }
+        Ok(())
+    })?;
+    Ok(done as f64 / took.as_secs_f64())
+}
+
 fn ttl_syncs(kv: &Arc<dyn engines::Kv>) -> Option<u64> {
     kv.ttl_stats().map(|s| s.syncs)
 }
@@ -750,6 +841,73 @@ fn redis_dataset(bin: &Path, cfg: &Cfg, vals: &Values, table: &mut Table) -> R<(
         );
     }
     Ok(())
+}
+
+/// Messages per thread run.
+const THREAD_MESSAGES: u64 = 200_000;
+
+/// Appends to one message thread and random reads of single messages. ttlstore uses its
+/// `Thread` (offsets assigned and made never-reused by the store); the peers the usual emulation:
+/// the caller counts offsets and puts `t` + offset (big-endian) per message. Default buffering,
+/// one sync at the end, as in `fill`.
+fn thread_rates(engine: Engine, cfg: &Cfg, vals: &Values) -> R<(f64, f64)> {
+    let dir = tempfile::tempdir_in(&cfg.base)?;
+    let kv = engines::open(engine, dir.path(), Mode::Buffered)?;
+    let thread = kv.native_thread();
+    let msg_key = |off: u64| [b"t".as_slice(), &off.to_be_bytes()].concat();
+    let (res, t) = timed(|| -> R<()> {
+        for i in 0..THREAD_MESSAGES {
+            match &thread {
+                Some(th) => {
+                    th.append(vals.get(i))?;
+                }
+                None => kv.put(&msg_key(i), vals.get(i))?,
+            }
+        }
+        kv.sync()
+    });
+    res?;
+    let appends = THREAD_MESSAGES as f64 / t.as_secs_f64();
+    let mut rng = Rng::new(0x7EAD);
+    let mut reader = kv.reader()?;
+    let (found, t) = timed(|| -> R<u64> {
+        let mut found = 0;
+        for _ in 0..THREAD_MESSAGES {
+            let off = rng.below(THREAD_MESSAGES);
+            let hit = match &thread {
+                Some(th) => th.read(off, 1)?.first().is_some_and(|m| m.offset == off),
+                None => reader.get(&msg_key(off))?,
+            };
+            found += u64::from(hit);
+        }
+        Ok(found)
+    });
+    if found? != THREAD_MESSAGES {
+        return Err("a thread message was not found".into());
+    }
+    Ok((appends, THREAD_MESSAGES as f64 / t.as_secs_f64()))
+}
+
+/// Redis's reliable-queue pattern under `appendfsync always`: LPUSH, RPOPLPUSH to a processing
+/// list, LREM from it (the ack); one connection per worker.
+fn redis_queue(bin: &Path, cfg: &Cfg, workers: u64, vals: &Values) -> R<f64> {
+    let server = redis::Server::start(bin, &cfg.base, "always")?;
+    let conns: Vec<std::sync::Mutex<redis::Conn>> = (0..workers)
+        .map(|_| server.connect().map(std::sync::Mutex::new))
+        .collect::<R<_>>()?;
+    let (n, t) = run_writers(workers, cfg.durable_time, |th, i| {
+        let mut c = conns[th as usize].lock().map_err(|_| "poisoned")?;
+        let mut task = format!("{th:03}{i:013}").into_bytes();
+        task.extend_from_slice(vals.get(i));
+        c.call(&[b"LPUSH", b"jobs", &task])?;
+        c.queue(&[b"RPOPLPUSH", b"jobs", b"processing"]);
+        c.flush()?;
+        if let Some(popped) = c.reply_bytes()? {
+            c.call(&[b"LREM", b"processing", b"1", &popped])?;
+        }
+        Ok(())
+    })?;
+    Ok(n as f64 / t.as_secs_f64())
 }
 
 fn redis_durable(bin: &Path, cfg: &Cfg, threads: u64, vals: &Values) -> R<f64> {

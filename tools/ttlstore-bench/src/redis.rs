@@ -153,6 +153,30 @@ impl Conn {
         }
     }
 
+    /// Reads one bulk reply and returns its bytes (`None` for a nil reply).
+    pub fn reply_bytes(&mut self) -> R<Option<Vec<u8>>> {
+        let mut line = Vec::with_capacity(32);
+        self.r.read_until(b'\n', &mut line)?;
+        if line.len() < 3 {
+            return Err("redis closed the connection".into());
+        }
+        let body = std::str::from_utf8(&line[1..line.len() - 2])?;
+        match line[0] {
+            b'$' => {
+                let n: i64 = body.parse()?;
+                if n < 0 {
+                    return Ok(None);
+                }
+                let mut buf = vec![0u8; n as usize + 2];
+                self.r.read_exact(&mut buf)?;
+                buf.truncate(n as usize);
+                Ok(Some(buf))
+            }
+            b'-' => Err(format!("redis error: {body}").into()),
+            other => Err(format!("expected a bulk reply, got {:?}", other as char).into()),
+        }
+    }
+
     /// Sends one command and reads its reply.
     pub fn call(&mut self, args: &[&[u8]]) -> R<Reply> {
         self.queue(args);

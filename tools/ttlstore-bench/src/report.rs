@@ -26,7 +26,7 @@ pub struct Table {
 }
 
 /// Workloads where Redis has a column.
-const REDIS_WORKLOADS: [&str; 3] = ["fill", "fill-durable", "read"];
+const REDIS_WORKLOADS: [&str; 4] = ["fill", "fill-durable", "read", "queue"];
 
 impl Table {
     pub fn new(redis_installed: bool) -> Table {
