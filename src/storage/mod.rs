@@ -100,6 +100,12 @@ pub trait Mapping: Send + Sync + fmt::Debug + Any {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// A hint that bytes `start..start + len` of a writable mapping (all inside the file) are
+    /// about to be written: an implementation may fault their pages in ahead, in one call rather
+    /// than one page fault per page. It never changes the bytes; ignoring it is always correct.
+    fn prefault(&self, start: usize, len: usize) {
+        let _ = (start, len);
+    }
 }
 
 /// Bytes `start..start + len` of a mapping as a slice.

@@ -39,6 +39,22 @@ impl Mapping for OsMapping {
     fn len(&self) -> usize {
         self.raw.as_ref().map_or(0, |m| m.len())
     }
+    fn prefault(&self, start: usize, len: usize) {
+        #[cfg(target_os = "linux")]
+        if let Some(m) = &self.raw
+            && start < m.len()
+        {
+            // A hint: an older kernel without MADV_POPULATE_WRITE (before 5.14) refuses it, and
+            // the pages are then faulted in one at a time as they are written, as without it.
+            let _ = m.advise_range(
+                memmap2::Advice::PopulateWrite,
+                start,
+                len.min(m.len() - start),
+            );
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (start, len);
+    }
 }
 
 impl Storage for OsStorage {
