@@ -147,6 +147,24 @@ pub fn encode(segment_id: u64, segment_len: u64, entries: &[HintEntry<'_>]) -> R
     Ok(out)
 }
 
+/// Fixed bytes of an encoded entry (all but the key's bytes).
+const ENTRY_FIXED_LEN: usize = 38;
+
+/// The entry count and total key bytes a hint file claims, from its size and trailer alone
+/// (nothing is checked beyond plausibility: for sizing buffers before [`entries`] checks it).
+pub fn sizes(bytes: &[u8]) -> Option<(usize, usize)> {
+    if bytes.len() < HINT_HEADER_LEN + HINT_TRAILER_LEN || bytes[0..8] != HINT_MAGIC {
+        return None;
+    }
+    let at = bytes.len() - HINT_TRAILER_LEN;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    let count = usize::try_from(u64::from_le_bytes(b)).ok()?;
+    let body = at - HINT_HEADER_LEN;
+    let key_bytes = body.checked_sub(count.checked_mul(ENTRY_FIXED_LEN)?)?;
+    Some((count, key_bytes))
+}
+
 /// Why a hint file was not usable.
 pub type HintError = &'static str;
 
@@ -187,8 +205,7 @@ pub fn entries(
     }
     let count = u64_at(body_end - 8);
     let entries_end = body_end - 8;
-    // Each entry takes at least 38 bytes.
-    if count > (entries_end - HINT_HEADER_LEN) as u64 / 38 {
+    if count > ((entries_end - HINT_HEADER_LEN) / ENTRY_FIXED_LEN) as u64 {
         return Err("entry count out of range");
     }
     Ok(Entries {
