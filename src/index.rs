@@ -158,43 +158,59 @@ pub struct StageMark {
     pairs: usize,
 }
 
-/// Sorts `(tag << 32) | offset` pairs (tag first, then offset): one counting-sort pass on the
-/// tag's high bits, then each small run sorted in place. Equal tags end up adjacent, in staging
-/// order, and home buckets ascend (a home is monotone in the tag).
+/// Sorts `(tag << 32) | offset` pairs (tag first, then offset): two stable counting-sort passes
+/// on the tag's 22 high bits (each pass writes to only 2048 places, so it streams), then each
+/// run of equal high bits (a fraction of a pair on average) sorted in place. Equal tags end up
+/// adjacent, in staging order, and home buckets ascend (a home is monotone in the tag).
 fn sort_pairs(pairs: Vec<u64>) -> Vec<u64> {
+    const DIGIT: u32 = 11;
+    const RADIX: usize = 1 << DIGIT;
     let n = pairs.len();
     if n < 1 << 12 {
         let mut p = pairs;
         p.sort_unstable();
         return p;
     }
-    // About 8 pairs per run.
-    let bits = (usize::BITS - n.leading_zeros())
-        .saturating_sub(3)
-        .clamp(8, 20);
-    let shift = 64 - bits;
-    let mut starts = vec![0usize; (1 << bits) + 1];
+    let low_shift = 64 - 2 * DIGIT;
+    let high_shift = 64 - DIGIT;
+    let digit = |p: u64, shift: u32| (p >> shift) as usize & (RADIX - 1);
+    let mut counts = vec![[0usize; RADIX]; 2];
     for &p in &pairs {
-        starts[(p >> shift) as usize + 1] += 1;
+        counts[0][digit(p, low_shift)] += 1;
+        counts[1][digit(p, high_shift)] += 1;
     }
-    for i in 1..starts.len() {
-        starts[i] += starts[i - 1];
-    }
-    let mut out = vec![0u64; n];
-    advise_huge_pages(&out);
-    let mut next = starts.clone();
-    for &p in &pairs {
-        let b = (p >> shift) as usize;
-        out[next[b]] = p;
-        next[b] += 1;
-    }
-    drop(pairs);
-    for w in starts.windows(2) {
-        if w[1] - w[0] > 1 {
-            out[w[0]..w[1]].sort_unstable();
+    let mut tmp = vec![0u64; n];
+    advise_huge_pages(&tmp);
+    let mut src = pairs;
+    for (pass, shift) in [low_shift, high_shift].into_iter().enumerate() {
+        let mut next = [0usize; RADIX];
+        let mut sum = 0;
+        for (d, c) in counts[pass].iter().enumerate() {
+            next[d] = sum;
+            sum += c;
         }
+        for &p in &src {
+            let d = digit(p, shift);
+            tmp[next[d]] = p;
+            next[d] += 1;
+        }
+        std::mem::swap(&mut src, &mut tmp);
     }
-    out
+    drop(tmp);
+    // Runs of equal high bits, put in full order.
+    let mut i = 0;
+    while i < n {
+        let top = src[i] >> low_shift;
+        let mut j = i + 1;
+        while j < n && src[j] >> low_shift == top {
+            j += 1;
+        }
+        if j - i > 1 {
+            src[i..j].sort_unstable();
+        }
+        i = j;
+    }
+    src
 }
 
 /// The index. Not synchronised: the store keeps it behind its lock.
@@ -422,6 +438,7 @@ impl Index {
 
     /// Ends a bulk load: drops every entry `keep` refuses, then builds the ordered list and the
     /// expiry heap from what is left.
+    #[cfg(test)]
     pub fn finish_bulk(&mut self, mut keep: impl FnMut(u8, &[u8], &Entry) -> bool) {
         let mut kept: Vec<u32> = Vec::with_capacity(self.live);
         let mut dropped: Vec<u32> = Vec::new();
@@ -439,6 +456,18 @@ impl Index {
             }
             off += record_words(len);
         }
+        self.finish_kept(kept, dropped, None);
+    }
+
+    /// Ends a bulk load once the live records have been sorted out: `dropped` leave the index,
+    /// `kept` (in arena order) make the ordered list, and `heap` (if the caller collected it:
+    /// every kept record with an expiry) the expiry heap.
+    fn finish_kept(
+        &mut self,
+        mut kept: Vec<u32>,
+        dropped: Vec<u32>,
+        heap: Option<Vec<Reverse<(u64, u64, u32)>>>,
+    ) {
         for o in dropped {
             let (ns, key) = self.key_of(o);
             let found = self.find(ns, key, self.tag_of(ns, key));
@@ -458,7 +487,13 @@ impl Index {
             self.resize_table(buckets_for(self.live, 75));
         }
         if !self.maybe_compact_arena() {
-            self.rebuild_heap();
+            match heap {
+                Some(items) => {
+                    self.heap = BinaryHeap::from(items);
+                    self.heap_stale = 0;
+                }
+                None => self.rebuild_heap(),
+            }
         }
         if self.arena.capacity() > self.arena.len() + self.arena.len() / 8 {
             self.arena.shrink_to_fit();
@@ -974,26 +1009,42 @@ impl Index {
     pub fn finish_staged(
         &mut self,
         mut visit: impl FnMut(&Entry, usize, bool, bool, bool),
-        keep: impl FnMut(u8, &[u8], &Entry) -> bool,
+        mut keep: impl FnMut(u8, &[u8], &Entry) -> bool,
     ) {
+        let mut kept: Vec<u32> = Vec::with_capacity(self.live);
+        let mut dropped: Vec<u32> = Vec::new();
+        let mut heap = Vec::new();
         let mut off = 1;
         while off < self.arena.len() {
             let o = off as u32;
-            let (len, _, flags) = self.header(o);
+            let (len, ns, flags) = self.header(o);
+            let live = flags & DEAD == 0;
+            let entry = *self.entry(o);
             visit(
-                self.entry(o),
+                &entry,
                 len,
                 flags & STAGED_EXPIRES != 0,
                 flags & STAGED_STALE == 0,
-                flags & DEAD == 0,
+                live,
             );
             if flags & (STAGED_EXPIRES | STAGED_STALE) != 0 {
                 let p = off * 8 + ENTRY_WORDS * 8 + 3;
                 self.bytes_mut()[p] = flags & DEAD;
             }
+            if live {
+                let (_, key) = self.key_of(o);
+                if keep(ns, key, &entry) {
+                    kept.push(o);
+                    if entry.expires_at != 0 {
+                        heap.push(Reverse((entry.expires_at, entry.seq, o)));
+                    }
+                } else {
+                    dropped.push(o);
+                }
+            }
             off += record_words(len);
         }
-        self.finish_bulk(keep);
+        self.finish_kept(kept, dropped, Some(heap));
     }
 }
 
