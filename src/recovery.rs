@@ -146,10 +146,11 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
                 records += n;
                 words += crate::index::arena_words_bound(n, key_bytes);
             }
-            // A scan: a guess (the arena grows if it is short).
+            // A scan: a guess, for values of some tens of bytes (the arena grows if it is
+            // short; an overshoot costs address space only).
             None => {
-                records += seg.map.len() / 64;
-                words += seg.map.len() / 8;
+                records += seg.map.len() / 128;
+                words += seg.map.len() / 24;
             }
         }
         hints.push(map);
