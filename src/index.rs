@@ -947,6 +947,7 @@ impl Index {
         let mut changed: Vec<bool> = Vec::new();
         let mut members: Vec<u32> = Vec::new();
         let mut same: Vec<u32> = Vec::new();
+        let mut rest: Vec<u32> = Vec::new();
         let mut i = 0;
         while i < sorted.len() {
             let tag = sorted[i] >> 32;
@@ -962,18 +963,20 @@ impl Index {
             }
             // Equal tags: split them by key (distinct keys may share a tag), each key's records
             // in staging order.
+            // One key at a time, each pass linear (a key rewritten a million times is one group).
             members.clear();
             members.extend(sorted[i..j].iter().map(|&b| b as u32));
             while let Some(&first) = members.first() {
                 same.clear();
-                let mut k = 0;
-                while k < members.len() {
-                    if self.key_of(members[k]) == self.key_of(first) {
-                        same.push(members.remove(k));
+                rest.clear();
+                for &m in &members {
+                    if self.key_of(m) == self.key_of(first) {
+                        same.push(m);
                     } else {
-                        k += 1;
+                        rest.push(m);
                     }
                 }
+                std::mem::swap(&mut members, &mut rest);
                 let survivor = if same.len() == 1 {
                     0
                 } else {
@@ -1347,6 +1350,37 @@ mod tests {
         assert_eq!(ordered.len(), model.len());
         assert!(ordered.is_sorted_by(|&a, &b| idx.cmp_recs(a, b) == Ordering::Less));
         assert_eq!(idx.live_records().count(), model.len());
+    }
+
+    #[test]
+    fn staged_load_of_one_key_written_many_times() {
+        let mut idx = Index::new();
+        let mut st = idx.begin_staged(0, 0);
+        let n = 30_000u64;
+        for seq in 1..=n {
+            idx.stage(&mut st, 0, b"counter", e(seq, 0), 0);
+        }
+        idx.stage(&mut st, 0, b"other", e(n + 1, 0), 0);
+        idx.build_staged(st, |ops, changed| {
+            // The highest sequence wins; the others were stale when replayed after it.
+            let best = (0..ops.len()).max_by_key(|&k| ops[k].seq).unwrap_or(0);
+            for (k, c) in changed.iter_mut().enumerate() {
+                *c = k == best;
+            }
+            best
+        });
+        let mut stale = 0;
+        idx.finish_staged(
+            |_, _, _, changed, current| {
+                stale += usize::from(!changed);
+                assert!(current == changed);
+            },
+            |_, _, _| true,
+        );
+        assert_eq!(stale, n as usize - 1);
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx.get(0, b"counter"), Some(&e(n, 0)));
+        check_structure(&idx);
     }
 
     #[test]

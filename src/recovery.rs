@@ -738,7 +738,10 @@ mod tests {
             .collect()
     }
 
-    fn contents(state: &mut State) -> (BTreeMap<(u8, Vec<u8>), Entry>, Vec<(u8, Vec<u8>)>) {
+    /// Every (namespace, key) → entry, and the keys a scan lists, in its order.
+    type Contents = (BTreeMap<(u8, Vec<u8>), Entry>, Vec<(u8, Vec<u8>)>);
+
+    fn contents(state: &mut State) -> Contents {
         let mut all = BTreeMap::new();
         state.index.for_each(|ns, k, e| {
             all.insert((ns, k.to_vec()), *e);
