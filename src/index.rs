@@ -456,15 +456,17 @@ impl Index {
             }
             off += record_words(len);
         }
-        self.finish_kept(kept, dropped, None);
+        let in_order = kept.is_sorted_by(|&a, &b| self.cmp_recs(a, b) == Ordering::Less);
+        self.finish_kept(kept, in_order, dropped, None);
     }
 
     /// Ends a bulk load once the live records have been sorted out: `dropped` leave the index,
-    /// `kept` (in arena order) make the ordered list, and `heap` (if the caller collected it:
-    /// every kept record with an expiry) the expiry heap.
+    /// `kept` (in arena order; `in_order` if that is key order) make the ordered list, and `heap`
+    /// (if the caller collected it: every kept record with an expiry) the expiry heap.
     fn finish_kept(
         &mut self,
         mut kept: Vec<u32>,
+        in_order: bool,
         dropped: Vec<u32>,
         heap: Option<Vec<Reverse<(u64, u64, u32)>>>,
     ) {
@@ -477,7 +479,7 @@ impl Index {
             }
             self.kill(o);
         }
-        if !kept.is_sorted_by(|&a, &b| self.cmp_recs(a, b) == Ordering::Less) {
+        if !in_order {
             kept.sort_unstable_by(|&a, &b| self.cmp_recs(a, b));
         }
         self.leaves = kept.chunks(LEAF_MAX).map(|c| c.to_vec()).collect();
@@ -1017,6 +1019,9 @@ impl Index {
         let mut kept: Vec<u32> = Vec::with_capacity(self.live);
         let mut dropped: Vec<u32> = Vec::new();
         let mut heap = Vec::new();
+        // Whether the kept records are in key order, checked as the walk meets them (the previous
+        // one is still in cache), rather than in a second pass.
+        let mut in_order = true;
         let mut off = 1;
         while off < self.arena.len() {
             let o = off as u32;
@@ -1037,6 +1042,12 @@ impl Index {
             if live {
                 let (_, key) = self.key_of(o);
                 if keep(ns, key, &entry) {
+                    if in_order
+                        && let Some(&prev) = kept.last()
+                        && self.cmp_rec(prev, ns, key) != Ordering::Less
+                    {
+                        in_order = false;
+                    }
                     kept.push(o);
                     if entry.expires_at != 0 {
                         heap.push(Reverse((entry.expires_at, entry.seq, o)));
@@ -1047,7 +1058,7 @@ impl Index {
             }
             off += record_words(len);
         }
-        self.finish_kept(kept, dropped, Some(heap));
+        self.finish_kept(kept, in_order, dropped, Some(heap));
     }
 }
 
