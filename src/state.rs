@@ -55,7 +55,10 @@ impl State {
     ///
     /// In `replay` mode (recovery) ops may arrive out of sequence order, so an op older than what
     /// the index holds for its key is ignored, and deletes leave a tombstone entry (removed by
-    /// [`State::finish_replay`]) so that an older put replayed later cannot resurrect the key.
+    /// `State::finish_replay`) so that an older put replayed later cannot resurrect the key.
+    /// Recovery itself stages its ops and resolves each key in one go (`recovery::resolve_key`
+    /// and `recovery::finish_staged`), which must end exactly as this mode does: its tests
+    /// compare the two.
     pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
         // A put needs no lookup first: the upsert decides against what it finds, in one lookup.
         let current = if op.kind != KIND_PUT {
