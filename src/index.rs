@@ -179,8 +179,9 @@ fn sort_pairs(pairs: Vec<u64>) -> Vec<u64> {
         counts[0][digit(p, low_shift)] += 1;
         counts[1][digit(p, high_shift)] += 1;
     }
+    // A temporary: not advised to huge pages (a fresh huge page costs more to get than the few
+    // small-page misses of two streaming passes save; measured at open after a fill).
     let mut tmp = vec![0u64; n];
-    advise_huge_pages(&tmp);
     let mut src = pairs;
     for (pass, shift) in [low_shift, high_shift].into_iter().enumerate() {
         let mut next = [0usize; RADIX];
@@ -931,7 +932,6 @@ impl Index {
         let sorted = sort_pairs(st.pairs);
         let n = buckets_for(sorted.len(), 80).max(self.table.len());
         let mut table = vec![0u64; n];
-        advise_huge_pages(&table);
         // Buckets arrive in ascending home order, so each goes to its home or just past the
         // previous one (the linear-probing invariant holds); only a run past the table's end
         // wraps, through the general insert.
@@ -1004,6 +1004,9 @@ impl Index {
             }
             i = j;
         }
+        // Advised once filled, as `resize_table` does: faulting fresh huge pages in during the
+        // load made it slower (and less predictable) than small pages.
+        advise_huge_pages(&table);
         self.table = table;
     }
 
