@@ -147,6 +147,24 @@ pub fn encode(segment_id: u64, segment_len: u64, entries: &[HintEntry<'_>]) -> R
     Ok(out)
 }
 
+/// Fixed bytes of an encoded entry (all but the key's bytes).
+const ENTRY_FIXED_LEN: usize = 38;
+
+/// The entry count and total key bytes a hint file claims, from its size and trailer alone
+/// (nothing is checked beyond plausibility: for sizing buffers before [`entries`] checks it).
+pub fn sizes(bytes: &[u8]) -> Option<(usize, usize)> {
+    if bytes.len() < HINT_HEADER_LEN + HINT_TRAILER_LEN || bytes[0..8] != HINT_MAGIC {
+        return None;
+    }
+    let at = bytes.len() - HINT_TRAILER_LEN;
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    let count = usize::try_from(u64::from_le_bytes(b)).ok()?;
+    let body = at - HINT_HEADER_LEN;
+    let key_bytes = body.checked_sub(count.checked_mul(ENTRY_FIXED_LEN)?)?;
+    Some((count, key_bytes))
+}
+
 /// Why a hint file was not usable.
 pub type HintError = &'static str;
 
@@ -187,8 +205,7 @@ pub fn entries(
     }
     let count = u64_at(body_end - 8);
     let entries_end = body_end - 8;
-    // Each entry takes at least 38 bytes.
-    if count > (entries_end - HINT_HEADER_LEN) as u64 / 38 {
+    if count > ((entries_end - HINT_HEADER_LEN) / ENTRY_FIXED_LEN) as u64 {
         return Err("entry count out of range");
     }
     Ok(Entries {
@@ -224,18 +241,52 @@ impl<'a> Iterator for Entries<'a> {
                 });
         }
         self.left -= 1;
-        match bincode::borrow_decode_from_slice(&self.bytes[self.at..], config()) {
-            Ok((e, n)) => {
+        match decode_entry(&self.bytes[self.at..]) {
+            Some((e, n)) => {
                 self.at += n;
                 Some(Ok(e))
             }
-            Err(_) => {
+            None => {
                 self.left = 0;
                 self.at = self.bytes.len();
                 Some(Err("entry does not decode"))
             }
         }
     }
+}
+
+/// Decodes the entry at the start of `b`: the bytes bincode's fixed-width little-endian
+/// encoding of [`HintEntry`] gives (FORMAT.md, "Hint files"), read directly, which is several
+/// times faster than the generic decoder. None if `b` is too short or the key length is out of
+/// range (above [`crate::MAX_KEY_LEN`], which no record can hold). Returns the entry and its
+/// length.
+fn decode_entry(b: &[u8]) -> Option<(HintEntry<'_>, usize)> {
+    let fixed: &[u8; ENTRY_FIXED_LEN] = b.get(..ENTRY_FIXED_LEN)?.try_into().ok()?;
+    let u32_at =
+        |at: usize| u32::from_le_bytes([fixed[at], fixed[at + 1], fixed[at + 2], fixed[at + 3]]);
+    let u64_at = |at: usize| {
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&fixed[at..at + 8]);
+        u64::from_le_bytes(x)
+    };
+    let key_len = usize::try_from(u64_at(30))
+        .ok()
+        .filter(|&l| l <= crate::MAX_KEY_LEN)?;
+    let end = ENTRY_FIXED_LEN + key_len;
+    let key = b.get(ENTRY_FIXED_LEN..end)?;
+    Some((
+        HintEntry {
+            kind: fixed[0],
+            ns: fixed[1],
+            seq: u64_at(2),
+            rec_off: u32_at(10),
+            val_off: u32_at(14),
+            val_len: u32_at(18),
+            extra: u64_at(22),
+            key,
+        },
+        end,
+    ))
 }
 
 /// Decodes a whole hint file, checking it describes segment `segment_id` of length
@@ -312,6 +363,57 @@ pub fn read(storage: &dyn Storage, dir: &Path, id: u64) -> Result<Option<Vec<u8>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_decoding_matches_bincode() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let keys: Vec<Vec<u8>> = (0..200)
+            .map(|i| (0..(i % 40 + 1)).map(|j| (j * 7 + i) as u8).collect())
+            .collect();
+        for key in &keys {
+            let e = HintEntry {
+                kind: next() as u8,
+                ns: next() as u8,
+                seq: next(),
+                rec_off: next() as u32,
+                val_off: next() as u32,
+                val_len: next() as u32,
+                extra: next(),
+                key,
+            };
+            let mut bytes = Vec::new();
+            bincode::encode_into_std_write(&e, &mut bytes, config()).unwrap();
+            bytes.extend_from_slice(b"tail");
+            let (got, n) = decode_entry(&bytes).unwrap();
+            let (want, m): (HintEntry<'_>, usize) =
+                bincode::borrow_decode_from_slice(&bytes, config()).unwrap();
+            assert_eq!((got, n), (want, m));
+            assert_eq!(n, ENTRY_FIXED_LEN + key.len());
+            assert!(decode_entry(&bytes[..n - 1]).is_none());
+        }
+        // A key longer than any record can hold does not decode.
+        let long = vec![1u8; crate::MAX_KEY_LEN + 1];
+        let e = HintEntry {
+            kind: 1,
+            ns: 0,
+            seq: 1,
+            rec_off: 40,
+            val_off: 40,
+            val_len: 0,
+            extra: 0,
+            key: &long,
+        };
+        let mut bytes = Vec::new();
+        bincode::encode_into_std_write(&e, &mut bytes, config()).unwrap();
+        assert!(decode_entry(&bytes).is_none());
+        assert!(decode_entry(&bytes[..bytes.len() - 1]).is_none());
+    }
 
     #[test]
     fn roundtrip_and_damage() {

@@ -178,6 +178,84 @@ fn table_insert(table: &mut [u64], bucket: u64) {
     table[i] = bucket;
 }
 
+/// Flags bit of a staged record (only between [`Index::stage`] and [`Index::finish_staged`]): the
+/// op carried an expiry field.
+pub const STAGED_EXPIRES: u8 = 2;
+/// Flags bit of a staged record: replaying the op changed nothing (a stale op).
+const STAGED_STALE: u8 = 4;
+
+/// A staged bulk load (recovery): every replayed op's record is appended to the arena as it is
+/// read, without touching the table; [`Index::build_staged`] then groups the records by key and
+/// builds the table in one pass in home-bucket order, and [`Index::finish_staged`] ends the load.
+#[derive(Debug, Default)]
+pub struct Staged {
+    /// `(tag << 32) | record offset` of every staged record, in staging order.
+    pairs: Vec<u64>,
+}
+
+/// Where a staged load stood, to take back what was staged after it ([`Index::stage_rollback`]).
+#[derive(Debug, Clone, Copy)]
+pub struct StageMark {
+    arena: usize,
+    pairs: usize,
+}
+
+/// Sorts `(tag << 32) | offset` pairs (tag first, then offset): two stable counting-sort passes
+/// on the tag's 22 high bits (each pass writes to only 2048 places, so it streams), then each
+/// run of equal high bits (a fraction of a pair on average) sorted in place. Equal tags end up
+/// adjacent, in staging order, and home buckets ascend (a home is monotone in the tag).
+fn sort_pairs(pairs: Vec<u64>) -> Vec<u64> {
+    const DIGIT: u32 = 11;
+    const RADIX: usize = 1 << DIGIT;
+    let n = pairs.len();
+    if n < 1 << 12 {
+        let mut p = pairs;
+        p.sort_unstable();
+        return p;
+    }
+    let low_shift = 64 - 2 * DIGIT;
+    let high_shift = 64 - DIGIT;
+    let digit = |p: u64, shift: u32| (p >> shift) as usize & (RADIX - 1);
+    let mut counts = vec![[0usize; RADIX]; 2];
+    for &p in &pairs {
+        counts[0][digit(p, low_shift)] += 1;
+        counts[1][digit(p, high_shift)] += 1;
+    }
+    // A temporary: not advised to huge pages (a fresh huge page costs more to get than the few
+    // small-page misses of two streaming passes save; measured at open after a fill).
+    let mut tmp = vec![0u64; n];
+    let mut src = pairs;
+    for (pass, shift) in [low_shift, high_shift].into_iter().enumerate() {
+        let mut next = [0usize; RADIX];
+        let mut sum = 0;
+        for (d, c) in counts[pass].iter().enumerate() {
+            next[d] = sum;
+            sum += c;
+        }
+        for &p in &src {
+            let d = digit(p, shift);
+            tmp[next[d]] = p;
+            next[d] += 1;
+        }
+        std::mem::swap(&mut src, &mut tmp);
+    }
+    drop(tmp);
+    // Runs of equal high bits, put in full order.
+    let mut i = 0;
+    while i < n {
+        let top = src[i] >> low_shift;
+        let mut j = i + 1;
+        while j < n && src[j] >> low_shift == top {
+            j += 1;
+        }
+        if j - i > 1 {
+            src[i..j].sort_unstable();
+        }
+        i = j;
+    }
+    src
+}
+
 /// The index. Not synchronised: the store keeps it behind its lock.
 pub struct Index {
     /// Records; word 0 is never a record, so a bucket of 0 means empty.
@@ -408,6 +486,7 @@ impl Index {
 
     /// Begins a bulk load: inserts stop maintaining the ordered list until [`Index::finish_bulk`].
     /// `expected` keys are reserved for.
+    #[cfg(test)]
     pub fn begin_bulk(&mut self, expected: usize) {
         self.bulk = true;
         let n = buckets_for(self.live + expected, 80);
@@ -418,6 +497,7 @@ impl Index {
 
     /// Ends a bulk load: drops every entry `keep` refuses, then builds the ordered list and the
     /// expiry heap from what is left.
+    #[cfg(test)]
     pub fn finish_bulk(&mut self, mut keep: impl FnMut(u8, &[u8], &Entry) -> bool) {
         let mut kept: Vec<u32> = Vec::with_capacity(self.live);
         let mut dropped: Vec<u32> = Vec::new();
@@ -435,6 +515,20 @@ impl Index {
             }
             off += record_words(len);
         }
+        let in_order = kept.is_sorted_by(|&a, &b| self.cmp_recs(a, b) == Ordering::Less);
+        self.finish_kept(kept, in_order, dropped, None);
+    }
+
+    /// Ends a bulk load once the live records have been sorted out: `dropped` leave the index,
+    /// `kept` (in arena order; `in_order` if that is key order) make the ordered list, and `heap`
+    /// (if the caller collected it: every kept record with an expiry) the expiry heap.
+    fn finish_kept(
+        &mut self,
+        mut kept: Vec<u32>,
+        in_order: bool,
+        dropped: Vec<u32>,
+        heap: Option<Vec<Reverse<(u64, u64, u32)>>>,
+    ) {
         for o in dropped {
             let (ns, key) = self.key_of(o);
             let found = self.find(ns, key, self.tag_of(ns, key));
@@ -444,7 +538,7 @@ impl Index {
             }
             self.kill(o);
         }
-        if !kept.is_sorted_by(|&a, &b| self.cmp_recs(a, b) == Ordering::Less) {
+        if !in_order {
             kept.sort_unstable_by(|&a, &b| self.cmp_recs(a, b));
         }
         self.leaves = kept.chunks(LEAF_MAX).map(|c| c.to_vec()).collect();
@@ -454,7 +548,13 @@ impl Index {
             self.resize_table(buckets_for(self.live, 75));
         }
         if !self.maybe_compact_arena() {
-            self.rebuild_heap();
+            match heap {
+                Some(items) => {
+                    self.heap = BinaryHeap::from(items);
+                    self.heap_stale = 0;
+                }
+                None => self.rebuild_heap(),
+            }
         }
         if self.arena.capacity() > self.arena.len() + self.arena.len() / 8 {
             self.arena.shrink_to_fit();
@@ -821,6 +921,208 @@ impl Index {
     }
 }
 
+/// Most arena words `records` records whose keys total `key_bytes` bytes take.
+pub fn arena_words_bound(records: usize, key_bytes: usize) -> usize {
+    (records.saturating_mul(HEADER_BYTES + 7)).saturating_add(key_bytes) / 8
+}
+
+/// Staged bulk loads (recovery).
+impl Index {
+    /// Begins a staged bulk load of about `records` records taking about `words` arena words (a
+    /// generous estimate costs only address space: the capacity is advised to huge pages and
+    /// touched only as records arrive). The index must be empty.
+    pub fn begin_staged(&mut self, records: usize, words: usize) -> Staged {
+        debug_assert!(self.live == 0 && self.arena.len() == 1);
+        self.bulk = true;
+        self.arena.reserve_exact(words);
+        self.arena_moved();
+        Staged {
+            pairs: Vec::with_capacity(records),
+        }
+    }
+
+    /// Appends the record of one replayed op (`flags`: 0 or [`STAGED_EXPIRES`]). Nothing is
+    /// looked up: [`Index::build_staged`] sorts it out.
+    pub fn stage(&mut self, st: &mut Staged, ns: u8, key: &[u8], entry: Entry, flags: u8) {
+        let tag = self.tag_of(ns, key);
+        self.stage_tagged(st, tag, ns, key, entry, flags);
+    }
+
+    /// [`Index::stage`] with the key's tag given (tests force tag collisions with it).
+    fn stage_tagged(
+        &mut self,
+        st: &mut Staged,
+        tag: u32,
+        ns: u8,
+        key: &[u8],
+        entry: Entry,
+        flags: u8,
+    ) {
+        let off = self.push_record(ns, key, entry);
+        let p = off as usize * 8 + ENTRY_WORDS * 8 + 3;
+        self.bytes_mut()[p] = flags & STAGED_EXPIRES;
+        st.pairs.push((u64::from(tag) << 32) | u64::from(off));
+    }
+
+    /// Where the staged load stands now.
+    pub fn stage_mark(&self, st: &Staged) -> StageMark {
+        StageMark {
+            arena: self.arena.len(),
+            pairs: st.pairs.len(),
+        }
+    }
+
+    /// Takes back every record staged since `mark`.
+    pub fn stage_rollback(&mut self, st: &mut Staged, mark: StageMark) {
+        self.arena.truncate(mark.arena);
+        st.pairs.truncate(mark.pairs);
+    }
+
+    /// Builds the table from the staged records. The records of each key are handed to
+    /// `resolve` in staging order; it says which of them changed the key when replayed in that
+    /// order (`changed`, one flag per record) and returns the one the key ends with. The others
+    /// are marked dead. A key staged once needs no call: its one record changed it and stays.
+    pub fn build_staged(
+        &mut self,
+        st: Staged,
+        mut resolve: impl FnMut(&[Entry], &mut [bool]) -> usize,
+    ) {
+        let sorted = sort_pairs(st.pairs);
+        let n = buckets_for(sorted.len(), 80).max(self.table.len());
+        let mut table = vec![0u64; n];
+        // Buckets arrive in ascending home order, so each goes to its home or just past the
+        // previous one (the linear-probing invariant holds); only a run past the table's end
+        // wraps, through the general insert.
+        let mut next = 0usize;
+        let mut place = |table: &mut [u64], b: u64| {
+            let at = home((b >> 32) as u32, n).max(next);
+            if at < n {
+                table[at] = b;
+                next = at + 1;
+            } else {
+                table_insert(table, b);
+            }
+        };
+        let mut ops: Vec<Entry> = Vec::new();
+        let mut changed: Vec<bool> = Vec::new();
+        let mut members: Vec<u32> = Vec::new();
+        let mut same: Vec<u32> = Vec::new();
+        let mut rest: Vec<u32> = Vec::new();
+        let mut i = 0;
+        while i < sorted.len() {
+            let tag = sorted[i] >> 32;
+            let mut j = i + 1;
+            while j < sorted.len() && sorted[j] >> 32 == tag {
+                j += 1;
+            }
+            if j == i + 1 {
+                place(&mut table, sorted[i]);
+                self.live += 1;
+                i = j;
+                continue;
+            }
+            // Equal tags: split them by key (distinct keys may share a tag), each key's records
+            // in staging order.
+            // One key at a time, each pass linear (a key rewritten a million times is one group).
+            members.clear();
+            members.extend(sorted[i..j].iter().map(|&b| b as u32));
+            while let Some(&first) = members.first() {
+                same.clear();
+                rest.clear();
+                for &m in &members {
+                    if self.key_of(m) == self.key_of(first) {
+                        same.push(m);
+                    } else {
+                        rest.push(m);
+                    }
+                }
+                std::mem::swap(&mut members, &mut rest);
+                let survivor = if same.len() == 1 {
+                    0
+                } else {
+                    ops.clear();
+                    ops.extend(same.iter().map(|&o| *self.entry(o)));
+                    changed.clear();
+                    changed.resize(same.len(), true);
+                    let s = resolve(&ops, &mut changed);
+                    for (k, &o) in same.iter().enumerate() {
+                        let p = o as usize * 8 + ENTRY_WORDS * 8 + 3;
+                        if !changed[k] {
+                            self.bytes_mut()[p] |= STAGED_STALE;
+                        }
+                        if k != s {
+                            self.bytes_mut()[p] |= DEAD;
+                            self.garbage += self.words_at(o);
+                        }
+                    }
+                    s
+                };
+                place(&mut table, (tag << 32) | u64::from(same[survivor]));
+                self.live += 1;
+            }
+            i = j;
+        }
+        // Advised once filled, as `resize_table` does: faulting fresh huge pages in during the
+        // load made it slower (and less predictable) than small pages.
+        advise_huge_pages(&table);
+        self.table = table;
+    }
+
+    /// Ends a staged load: calls `visit(entry, key length, expires, changed, current)` for every
+    /// staged record in staging order (`expires`: staged with [`STAGED_EXPIRES`]; `changed`:
+    /// replaying it changed its key; `current`: the key ends with it), then finishes as
+    /// [`Index::finish_bulk`] does with `keep`.
+    pub fn finish_staged(
+        &mut self,
+        mut visit: impl FnMut(&Entry, usize, bool, bool, bool),
+        mut keep: impl FnMut(u8, &[u8], &Entry) -> bool,
+    ) {
+        let mut kept: Vec<u32> = Vec::with_capacity(self.live);
+        let mut dropped: Vec<u32> = Vec::new();
+        let mut heap = Vec::new();
+        // Whether the kept records are in key order, checked as the walk meets them (the previous
+        // one is still in cache), rather than in a second pass.
+        let mut in_order = true;
+        let mut off = 1;
+        while off < self.arena.len() {
+            let o = off as u32;
+            let (len, ns, flags) = self.header(o);
+            let live = flags & DEAD == 0;
+            let entry = *self.entry(o);
+            visit(
+                &entry,
+                len,
+                flags & STAGED_EXPIRES != 0,
+                flags & STAGED_STALE == 0,
+                live,
+            );
+            if flags & (STAGED_EXPIRES | STAGED_STALE) != 0 {
+                let p = off * 8 + ENTRY_WORDS * 8 + 3;
+                self.bytes_mut()[p] = flags & DEAD;
+            }
+            if live {
+                let (_, key) = self.key_of(o);
+                if keep(ns, key, &entry) {
+                    if in_order
+                        && let Some(&prev) = kept.last()
+                        && self.cmp_rec(prev, ns, key) != Ordering::Less
+                    {
+                        in_order = false;
+                    }
+                    kept.push(o);
+                    if entry.expires_at != 0 {
+                        heap.push(Reverse((entry.expires_at, entry.seq, o)));
+                    }
+                } else {
+                    dropped.push(o);
+                }
+            }
+            off += record_words(len);
+        }
+        self.finish_kept(kept, in_order, dropped, Some(heap));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1059,6 +1361,106 @@ mod tests {
             true
         });
         assert_eq!(n, 90);
+    }
+
+    /// A staged load with tags forced to collide (many keys per tag, tags at the table's end so
+    /// that runs wrap around): the last record of each key wins, the table finds every key.
+    fn staged_with_forced_tags(keys: u32, tag_of: impl Fn(u32) -> u32) {
+        let mut idx = Index::new();
+        let mut st = idx.begin_staged(16, 16);
+        let mut model = BTreeMap::new();
+        let mut seq = 0;
+        for round in 0..3u32 {
+            for i in (0..keys).filter(|i| (i + round) % 3 != 0) {
+                seq += 1;
+                let key = format!("key{i}").into_bytes();
+                let en = e(seq, u64::from(i % 4));
+                idx.stage_tagged(&mut st, tag_of(i), 1, &key, en, 0);
+                model.insert((1u8, key), en);
+            }
+        }
+        let mut groups = 0;
+        idx.build_staged(st, |ops, changed| {
+            groups += 1;
+            assert!(
+                ops.is_sorted_by_key(|o| o.seq),
+                "a key's records in staging order"
+            );
+            changed.fill(true);
+            ops.len() - 1
+        });
+        assert!(groups > 0);
+        let mut visited = 0;
+        idx.finish_staged(
+            |en, _, expires, changed, _| {
+                assert!(!expires && changed);
+                assert!(en.seq <= seq);
+                visited += 1;
+            },
+            |_, _, _| true,
+        );
+        assert_eq!(visited, seq as usize);
+        // The table under the forced tags: every key found, nothing else in it, and every
+        // bucket reachable from its home through occupied buckets (what lookups rely on).
+        for i in 0..keys {
+            let key = format!("key{i}").into_bytes();
+            let found = idx.find(1, &key, tag_of(i)).map(|(_, off)| *idx.entry(off));
+            assert_eq!(found.as_ref(), model.get(&(1, key)));
+        }
+        let n = idx.table.len();
+        let used: Vec<usize> = (0..n).filter(|&i| idx.table[i] != 0).collect();
+        assert_eq!(used.len(), model.len());
+        assert_eq!(idx.live, model.len());
+        for &i in &used {
+            let mut j = home((idx.table[i] >> 32) as u32, n);
+            while j != i {
+                assert_ne!(idx.table[j], 0);
+                j = (j + 1) % n;
+            }
+        }
+        let ordered: Vec<u32> = idx.leaves.iter().flatten().copied().collect();
+        assert_eq!(ordered.len(), model.len());
+        assert!(ordered.is_sorted_by(|&a, &b| idx.cmp_recs(a, b) == Ordering::Less));
+        assert_eq!(idx.live_records().count(), model.len());
+    }
+
+    #[test]
+    fn staged_load_of_one_key_written_many_times() {
+        let mut idx = Index::new();
+        let mut st = idx.begin_staged(0, 0);
+        let n = 30_000u64;
+        for seq in 1..=n {
+            idx.stage(&mut st, 0, b"counter", e(seq, 0), 0);
+        }
+        idx.stage(&mut st, 0, b"other", e(n + 1, 0), 0);
+        idx.build_staged(st, |ops, changed| {
+            // The highest sequence wins; the others were stale when replayed after it.
+            let best = (0..ops.len()).max_by_key(|&k| ops[k].seq).unwrap_or(0);
+            for (k, c) in changed.iter_mut().enumerate() {
+                *c = k == best;
+            }
+            best
+        });
+        let mut stale = 0;
+        idx.finish_staged(
+            |_, _, _, changed, current| {
+                stale += usize::from(!changed);
+                assert!(current == changed);
+            },
+            |_, _, _| true,
+        );
+        assert_eq!(stale, n as usize - 1);
+        assert_eq!(idx.len(), 2);
+        assert_eq!(idx.get(0, b"counter"), Some(&e(n, 0)));
+        check_structure(&idx);
+    }
+
+    #[test]
+    fn staged_load_with_colliding_and_wrapping_tags() {
+        staged_with_forced_tags(300, |i| i % 7);
+        staged_with_forced_tags(300, |i| u32::MAX - i % 5);
+        staged_with_forced_tags(6000, |i| u32::MAX - i % 3000);
+        staged_with_forced_tags(6000, |i| i.wrapping_mul(0x9E37_79B9));
     }
 
     #[test]

@@ -28,7 +28,8 @@ pub enum Applied {
     Stale,
 }
 
-fn tombstone_cost(op: &Op<'_>) -> u64 {
+/// Bytes a delete or expire record adds to its segment's tombstone bytes.
+pub(crate) fn tombstone_cost(op: &Op<'_>) -> u64 {
     (crate::format::RECORD_PREFIX
         + 1
         + 8
@@ -54,7 +55,10 @@ impl State {
     ///
     /// In `replay` mode (recovery) ops may arrive out of sequence order, so an op older than what
     /// the index holds for its key is ignored, and deletes leave a tombstone entry (removed by
-    /// [`State::finish_replay`]) so that an older put replayed later cannot resurrect the key.
+    /// `State::finish_replay`) so that an older put replayed later cannot resurrect the key.
+    /// Recovery itself stages its ops and resolves each key in one go (`recovery::resolve_key`
+    /// and `recovery::finish_staged`), which must end exactly as this mode does: its tests
+    /// compare the two.
     pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
         // A put needs no lookup first: the upsert decides against what it finds, in one lookup.
         let current = if op.kind != KIND_PUT {
@@ -151,6 +155,8 @@ impl State {
     /// Ends replay: drops tombstones, builds the ordered index and the expiry heap. Keys already
     /// expired stay (reads never serve them): the expirer logs their expiry and reports them, so
     /// that a key whose deadline passed while the process was down is still notified.
+    /// (Recovery stages its ops instead; this path is the reference its tests compare with.)
+    #[cfg(test)]
     pub fn finish_replay(&mut self) {
         self.index.finish_bulk(|_, _, e| !e.is_tombstone());
     }
