@@ -136,6 +136,32 @@ fn expires_soon(inner: &Inner, info: &SegmentInfo) -> bool {
     !info.has_persistent && info.max_expiry <= inner.opts.clock.now_ms().saturating_add(horizon)
 }
 
+/// The part of the mean TTL within which a rewrite candidate is left to expire whole instead.
+pub const TTL_HORIZON_DIVISOR: u64 = 4;
+/// Compaction outputs of puts with short TTLs span at most the inputs' mean TTL divided by this
+/// in expiry (once they hold [`min_output_bytes`]), so that each expires whole soon after its
+/// first key.
+pub const OUTPUT_SPAN_DIVISOR: u64 = 10;
+
+/// The least an output holds before an expiry span cuts it: 1/1024 of the segment size.
+pub fn min_output_bytes(segment_size: u64) -> usize {
+    (segment_size / 1024) as usize
+}
+
+/// True if a rewrite candidate is better left to be dropped whole: it expires soon, within the
+/// expiry horizon, or for a segment whose TTLs the writer saw (a log segment written in this
+/// process), within a quarter of their mean. Rewriting a segment of 5 s TTLs that still holds
+/// half its keys 4 s before its last expiry halves the disk it takes; waiting 10 minutes (the
+/// default horizon) would never rewrite it.
+fn leave_to_expire(inner: &Inner, info: &SegmentInfo) -> bool {
+    let horizon = crate::clock::duration_ms(inner.opts.expiry_horizon);
+    let horizon = match info.seg.ttls.mean_ttl() {
+        Some(mean) => horizon.min(mean / TTL_HORIZON_DIVISOR),
+        None => horizon,
+    };
+    !info.has_persistent && info.max_expiry <= inner.opts.clock.now_ms().saturating_add(horizon)
+}
+
 fn write_hints(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     for (id, info) in sealed_snapshot(inner)
         .into_iter()
@@ -273,7 +299,9 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     let segment_size = inner.opts.segment_size as usize;
     let mut candidates: Vec<(u32, SegmentInfo)> = sealed_snapshot(inner)
         .into_iter()
-        .filter(|(_, i)| i.data_bytes > 0 && i.dead_ratio() >= threshold && !expires_soon(inner, i))
+        .filter(|(_, i)| {
+            i.data_bytes > 0 && i.dead_ratio() >= threshold && !leave_to_expire(inner, i)
+        })
         .collect();
     candidates.sort_by_key(|(id, _)| *id);
     // One group per pass, bounded so the pass stays short: up to 4 segments' worth of live data.
@@ -333,15 +361,44 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     }
     // Group by expiry: outputs then expire whole. Records without expiry (and tombstones) last.
     copies.sort_by_key(|c| (c.expires_at.unwrap_or(u64::MAX), c.seq));
+    // With short TTLs seen by the writer, an output also ends where its expiry span passes a
+    // tenth of their mean: it is then dropped soon after its first key expires.
+    let (ttl_sum, ttl_n) = group
+        .iter()
+        .filter_map(|(_, i)| i.seg.ttls.mean_ttl())
+        .fold((0u64, 0u64), |(s, n), m| (s.saturating_add(m), n + 1));
+    let max_span = (ttl_n > 0).then(|| (ttl_sum / ttl_n / OUTPUT_SPAN_DIVISOR).max(1));
+    let min_output = min_output_bytes(segment_size as u64);
 
+    // Every output's records are relative to one base: the smallest sequence and the earliest
+    // expiry (in whole seconds) of all the copies, so that each record's length is known before
+    // the copies are split into outputs.
+    let base = format::RecordBase {
+        version: format::FORMAT_VERSION,
+        base_seq: copies.iter().map(|c| c.seq).min().unwrap_or(0),
+        base_ms: u64::from(segment::base_time_s(
+            copies
+                .iter()
+                .filter_map(|c| c.expires_at)
+                .min()
+                .unwrap_or_else(|| inner.opts.clock.now_ms()),
+        )) * 1000,
+    };
     let mut outputs: Vec<(usize, Output)> = Vec::new();
     let mut start = 0;
     while start < copies.len() {
         let mut size = HEADER_LEN;
         let mut end = start;
         while end < copies.len() {
-            let len = format::record_len(&[enc(&copies[end])]);
+            let len = format::record_len_at(&base, copies[end].seq, &[enc(&copies[end])]);
             if end > start && size + len > segment_size {
+                break;
+            }
+            if let (Some(span), Some(first), Some(e)) =
+                (max_span, copies[start].expires_at, copies[end].expires_at)
+                && size >= min_output
+                && e - first > span
+            {
                 break;
             }
             size += len;
@@ -349,7 +406,7 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
         }
         outputs.push((
             start,
-            write_output(inner, &copies[start..end], size, report)?,
+            write_output(inner, &base, &copies[start..end], size, report)?,
         ));
         start = end;
     }
@@ -368,7 +425,13 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                     .index
                     .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, val_off as u32)
                 {
-                    info.live_bytes += put_cost(c.key.len(), c.value.len(), c.expires_at.is_some());
+                    info.live_bytes += put_cost(
+                        c.key.len(),
+                        rec_off as u32,
+                        val_off as u32,
+                        c.value.len(),
+                        c.expires_at.is_some(),
+                    );
                     info.live_keys += 1;
                 }
             }
@@ -410,20 +473,23 @@ fn enc<'a>(c: &Copy<'a>) -> EncOp<'a> {
 /// open segment, its accounting (no live keys yet) and each record's (offset, value offset).
 fn write_output(
     inner: &Inner,
+    base: &format::RecordBase,
     copies: &[Copy<'_>],
     size: usize,
     report: &mut CompactionReport,
 ) -> Result<Output> {
     let storage = &*inner.opts.storage;
     let id = inner.log.alloc_segment_id()?;
-    let base_seq = copies.iter().map(|c| c.seq).min().unwrap_or(0);
     let mut buf = vec![0u8; size];
     let header = format::SegmentHeader {
-        version: format::FORMAT_VERSION,
+        version: base.version,
         kind: SEGMENT_KIND_COMPACTED,
+        prev_log_id: 0,
         segment_id: id,
-        base_seq,
+        base_seq: base.base_seq,
+        base_time_s: segment::base_time_s(base.base_ms),
     };
+    debug_assert_eq!(header.record_base(), *base);
     buf[..HEADER_LEN].copy_from_slice(&header.encode());
     let mut positions = Vec::with_capacity(copies.len());
     let mut offs = Vec::with_capacity(1);
@@ -435,9 +501,9 @@ fn write_output(
     let mut tombstone_bytes = 0;
     for c in copies {
         let op = [enc(c)];
-        let len = format::record_len(&op);
+        let len = format::record_len_at(base, c.seq, &op);
         offs.clear();
-        format::encode_record(&mut buf[at..at + len], id, c.seq, &op, &mut offs);
+        format::encode_record_at(&mut buf[at..at + len], base, id, c.seq, &op, &mut offs);
         positions.push((at, at + offs[0]));
         keys.insert(key_hash(c.ns, c.key));
         seqs = (seqs.0.min(c.seq), seqs.1.max(c.seq));

@@ -131,6 +131,7 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
         opts,
         state: State::default(),
         last_log_seq: 0,
+        last_log: None,
         max_seq: 0,
         seq_floor: 1,
         report,
@@ -161,7 +162,11 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
                 storage,
                 dir,
                 id,
-                next_seq,
+                segment::SegmentStart {
+                    base_seq: next_seq,
+                    prev_log_id: r.last_log.map_or(0, |(id, _)| id),
+                    now_ms: opts.clock.now_ms(),
+                },
                 opts.segment_size,
                 segment::reserve_step(opts.segment_size),
             )?;
@@ -217,6 +222,8 @@ struct Replay<'a> {
     opts: &'a Options,
     state: State,
     last_log_seq: u64,
+    /// The last log segment replayed so far, and its length.
+    last_log: Option<(u64, u64)>,
     max_seq: u64,
     seq_floor: u64,
     report: RecoveryReport,
@@ -276,6 +283,27 @@ impl Replay<'_> {
             ));
         }
         let compacted = header.kind == SEGMENT_KIND_COMPACTED;
+        // Format version 2: a log segment names the log segment it follows, which ended at
+        // `base_seq - 1` when this one was created and was never written again. If that one is
+        // here and ends earlier, records are missing from its end (a cut at a record boundary
+        // reads as a valid, shorter segment otherwise).
+        if !compacted {
+            if let Some((prev, prev_len)) = self.last_log
+                && header.prev_log_id != 0
+                && u64::from(header.prev_log_id) == prev
+                && self.last_log_seq.saturating_add(1) != header.base_seq
+                && self.opts.recovery != RecoveryMode::Salvage
+            {
+                return Err(Error::corrupt(
+                    prev,
+                    prev_len,
+                    CorruptionKind::Malformed(
+                        "log segment ends before the sequence its successor starts at",
+                    ),
+                ));
+            }
+            self.last_log = Some((id, seg.map.len() as u64));
+        }
         self.seq_floor = self.seq_floor.max(header.base_seq);
         self.report.segments += 1;
         let seg = Arc::new(seg);

@@ -108,6 +108,7 @@ struct SyncState {
 pub struct Log {
     dir: PathBuf,
     storage: Arc<dyn Storage>,
+    clock: Arc<dyn crate::clock::Clock>,
     segment_size: u64,
     policy: SyncPolicy,
     writer: Mutex<WriterState>,
@@ -166,6 +167,7 @@ impl Log {
         Log {
             dir,
             storage: opts.storage.clone(),
+            clock: opts.clock.clone(),
             segment_size: opts.segment_size,
             policy: opts.sync,
             writer: Mutex::new(WriterState {
@@ -227,10 +229,16 @@ impl Log {
         if let Some(a) = applied.as_deref_mut() {
             a.clear();
         }
-        let len = format::record_len(ops);
-        if w.tail + len > w.active.map.len() {
-            self.rotate(w, state, len)?;
+        let now = self.clock.now_ms();
+        let mut len = format::record_len_at(&w.active.base, w.next_seq, ops);
+        let early = (w.tail - HEADER_LEN) as u64;
+        if w.tail + len > w.active.map.len()
+            || w.active.ttls.rotation_due(now, early, self.segment_size)
+        {
+            self.rotate(w, state, len, now)?;
+            len = format::record_len_at(&w.active.base, w.next_seq, ops);
         }
+        w.active.ttls.note(now, ops);
         let need = (w.tail + len) as u64;
         if need > w.allocated {
             // Grow the file a step ahead of the data. A full disk fails here, before a byte is
@@ -253,7 +261,7 @@ impl Log {
             // SAFETY of the aliasing: bytes rec_off..rec_off+len lie past every byte a reader was
             // given (readers see only records the index points at, all before `tail`).
             let out = mapped_mut(&w.active, rec_off, len);
-            format::encode_record(out, seg_id, seq, ops, &mut offsets);
+            format::encode_record_at(out, &w.active.base, seg_id, seq, ops, &mut offsets);
         }
         crate::failpoint!("append.after_write");
         w.tail += len;
@@ -278,7 +286,16 @@ impl Log {
     }
 
     /// Creates the next segment, seals the active one, and switches to the new one.
-    fn rotate(&self, w: &mut WriterGuard<'_>, state: &RwLock<State>, need: usize) -> Result<()> {
+    fn rotate(
+        &self,
+        w: &mut WriterGuard<'_>,
+        state: &RwLock<State>,
+        need: usize,
+        now: u64,
+    ) -> Result<()> {
+        // Room for the record in the new segment's compact form, which can exceed `need` by a
+        // few varint bytes.
+        let need = need + 32;
         let new_id = self.alloc_segment_id()?;
         let size = self.segment_size.max((HEADER_LEN + need) as u64);
         // The old segment's data reaches the disk before the new segment exists, so a power
@@ -291,7 +308,18 @@ impl Log {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let reserve =
             crate::segment::reserve_step(self.segment_size).max((HEADER_LEN + need) as u64);
-        let new = Segment::create(&*self.storage, &self.dir, new_id, w.next_seq, size, reserve)?;
+        let new = Segment::create(
+            &*self.storage,
+            &self.dir,
+            new_id,
+            crate::segment::SegmentStart {
+                base_seq: w.next_seq,
+                prev_log_id: w.active.id,
+                now_ms: now,
+            },
+            size,
+            reserve,
+        )?;
         crate::failpoint!("rotate.after_create");
         let new = Arc::new(new);
         // From here on a failure leaves the old segment unsealed: poison rather than guess.
