@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How much the active segment's file grows at a time (never more than the segment size).
-pub const RESERVE_STEP: u64 = 4 << 20;
+pub const RESERVE_STEP: u64 = 1 << 20;
 
 /// The allocation step for segments of `segment_size` bytes.
 pub fn reserve_step(segment_size: u64) -> u64 {
@@ -66,7 +66,8 @@ pub struct Segment {
 /// dropped once its newest record expired, so a segment that takes long to fill compared with
 /// the TTLs written into it holds expired data for a long time. The writer therefore seals the
 /// active segment early once it holds at least [`early_rotation_min_bytes`] and its age reaches
-/// [`EARLY_ROTATION_DIVISOR`]ths of the mean TTL of the puts written into it. A store without
+/// 1/[`EARLY_ROTATION_DIVISOR`] of the mean TTL of the puts written into it (a tenth if their
+/// TTLs are spread wide). A store without
 /// TTLs never rotates early. Kept in memory only; a reopened active segment starts afresh.
 #[derive(Debug)]
 pub struct TtlTracker {
@@ -76,12 +77,20 @@ pub struct TtlTracker {
     ttl_sum: AtomicU64,
     /// Number of those puts.
     ttl_count: AtomicU64,
+    /// The shortest and longest of those TTLs (ms).
+    ttl_min: AtomicU64,
+    ttl_max: AtomicU64,
 }
 
 /// The active segment rotates early once its age reaches the mean TTL written into it divided
-/// by this: it then spans at most a tenth of a TTL, which bounds the expired data it keeps on
-/// disk to about a twentieth of the live data.
-pub const EARLY_ROTATION_DIVISOR: u64 = 10;
+/// by this, when its TTLs lie close together (within a quarter of their mean of each other): it
+/// then spans at most a twentieth of a TTL and dies whole soon after its first key, which bounds
+/// the expired data it keeps on disk to about a fortieth of the live data.
+pub const EARLY_ROTATION_DIVISOR: u64 = 20;
+/// The divisor when its TTLs are spread wider: such a segment dies key by key and is rewritten
+/// by the compactor (grouped by expiry) long before its last key expires, so a shorter segment
+/// would gain little and only multiply compaction work.
+pub const EARLY_ROTATION_DIVISOR_SPREAD: u64 = 10;
 
 /// The least data an active segment holds before it may rotate early: 1/64 of the segment
 /// size (1 MiB for the default 64 MiB), so that rotation, a few fsyncs, stays rare.
@@ -96,6 +105,8 @@ impl TtlTracker {
             since_ms: AtomicU64::new(now_ms),
             ttl_sum: AtomicU64::new(0),
             ttl_count: AtomicU64::new(0),
+            ttl_min: AtomicU64::new(u64::MAX),
+            ttl_max: AtomicU64::new(0),
         }
     }
 
@@ -115,6 +126,8 @@ impl TtlTracker {
                 let ttl = e.saturating_sub(now_ms);
                 self.ttl_sum.fetch_add(ttl, Ordering::Relaxed);
                 self.ttl_count.fetch_add(1, Ordering::Relaxed);
+                self.ttl_min.fetch_min(ttl, Ordering::Relaxed);
+                self.ttl_max.fetch_max(ttl, Ordering::Relaxed);
             }
         }
     }
@@ -134,8 +147,17 @@ impl TtlTracker {
             return false;
         }
         let mean = self.ttl_sum.load(Ordering::Relaxed) / count;
+        let spread = self
+            .ttl_max
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ttl_min.load(Ordering::Relaxed));
+        let divisor = if spread <= mean / 4 {
+            EARLY_ROTATION_DIVISOR
+        } else {
+            EARLY_ROTATION_DIVISOR_SPREAD
+        };
         let age = now_ms.saturating_sub(self.since_ms.load(Ordering::Relaxed));
-        age >= mean / EARLY_ROTATION_DIVISOR
+        age >= mean / divisor
     }
 }
 

@@ -57,9 +57,9 @@ fn the_active_segment_rotates_early_when_its_ttls_are_short() {
     let clock = Arc::new(ManualClock::new(T0));
     let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
     let value = [5u8; 100];
-    // 10 s TTLs: the segment may span 1 s. 20 puts (about 2.5 KiB, over the 1 KiB minimum) every
-    // 100 ms for 3 s: a rotation every second, at 1 s and 2 s, long before the 64 KiB segment
-    // fills.
+    // 10 s TTLs, all alike: the segment may span a twentieth of that, 500 ms. 20 puts (about
+    // 2.5 KiB) every 100 ms for 3 s: a rotation every 500 ms (each segment is over the 1 KiB
+    // minimum by then), at 0.5 s, 1 s, … 2.5 s, long before the 64 KiB segment fills.
     let mut i = 0;
     for _ in 0..30 {
         for _ in 0..20 {
@@ -71,7 +71,7 @@ fn the_active_segment_rotates_early_when_its_ttls_are_short() {
         clock.advance(Duration::from_millis(100));
     }
     let segs = segments(dir.path());
-    assert_eq!(segs.len(), 3, "segments for 3 s of 10 s TTLs");
+    assert_eq!(segs.len(), 6, "segments for 3 s of 10 s TTLs");
     for data in &segs {
         let h = SegmentHeader::decode(&data[..HEADER_LEN]).unwrap();
         assert_eq!(h.version, format::FORMAT_VERSION);
@@ -101,7 +101,8 @@ fn the_active_segment_rotates_early_when_its_ttls_are_short() {
 
 #[test]
 fn without_ttls_or_with_long_ones_nothing_rotates_early() {
-    for ttl in [None, Some(Duration::from_secs(3600))] {
+    // 10 h TTLs: the segment may span 30 minutes; 5 minutes pass.
+    for ttl in [None, Some(Duration::from_secs(36_000))] {
         let dir = tempfile::tempdir().unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
@@ -286,4 +287,24 @@ fn format_md_worked_example_is_what_the_store_writes() {
     let got: String = data[..n].iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(got, expected);
     assert!(data[n..].iter().all(|&b| b == 0), "zeros after the data");
+}
+
+#[test]
+fn spread_ttls_rotate_at_a_tenth_of_their_mean() {
+    // TTLs of 2 s and 18 s (mean 10 s, far apart): a tenth of the mean, 1 s.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
+    let mut i = 0;
+    for _ in 0..30 {
+        for j in 0..20 {
+            let ttl = if j % 2 == 0 { 2 } else { 18 };
+            store
+                .put_with_ttl(&key(i), &[3; 100], Duration::from_secs(ttl))
+                .unwrap();
+            i += 1;
+        }
+        clock.advance(Duration::from_millis(100));
+    }
+    assert_eq!(segments(dir.path()).len(), 3);
 }
