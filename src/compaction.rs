@@ -6,8 +6,9 @@
 //!    read, unless it holds a tombstone that is still needed (below); then only its hint (or, with
 //!    none, its records) is read to check the tombstones.
 //! 3. **Rewrites**: sealed segments whose dead ratio reaches the threshold, unless every put in
-//!    them expires within the expiry horizon (then they are left to be dropped whole), are
-//!    rewritten: their
+//!    them expires within the expiry horizon (a quarter of the mean TTL, for a log segment whose
+//!    TTLs the writer saw; then they are left to be dropped whole), and short-TTL segments whose
+//!    rewrite pays for itself ([`rewrite_pays`]), are rewritten: their
 //!    live records (and needed tombstones) are copied into new segments of kind "compacted",
 //!    grouped by expiry time so that each new segment later expires whole and is dropped without
 //!    another rewrite. Each output is written under a temporary name, fsynced with its hint, renamed,
@@ -17,8 +18,9 @@
 //! **Tombstones.** A delete or expire record for key `k` with sequence `s` may be dropped only if
 //! no other segment that could hold an older record of `k` remains: no segment other than the
 //! tombstone's own has both a smallest sequence below `s` and `k`'s hash in its key filter. Other
-//! inputs of the same rewrite count as remaining: they are unlinked one by one, and a stop between
-//! two unlinks must not leave an older record without its tombstone. Such a tombstone is copied
+//! inputs of the same rewrite with a larger id count as remaining: inputs are unlinked one by one
+//! in id order, and a stop between two unlinks must not leave an older record without its
+//! tombstone. Such a tombstone is copied
 //! forward and dropped by a later pass, once the older record's segment is gone. Crash
 //! safety: every step leaves a directory that opens with the same contents (FORMAT.md,
 //! "Compaction").
@@ -136,6 +138,60 @@ fn expires_soon(inner: &Inner, info: &SegmentInfo) -> bool {
     !info.has_persistent && info.max_expiry <= inner.opts.clock.now_ms().saturating_add(horizon)
 }
 
+/// The part of the mean TTL within which a rewrite candidate is left to expire whole instead.
+pub const TTL_HORIZON_DIVISOR: u64 = 4;
+/// Compaction outputs of puts with short TTLs span at most the inputs' mean TTL divided by this
+/// in expiry (once they hold [`min_output_bytes`]), so that each expires whole soon after its
+/// first key.
+pub const OUTPUT_SPAN_DIVISOR: u64 = 8;
+
+/// The least an output holds before an expiry span cuts it: 1/64 of the segment size (1 MiB by
+/// default), so that outputs, each a few fsyncs and a file the tombstone checks look through,
+/// stay few.
+pub fn min_output_bytes(segment_size: u64) -> usize {
+    (segment_size / 64) as usize
+}
+
+/// True if a rewrite candidate is better left to be dropped whole: it expires soon, within the
+/// expiry horizon, or for a segment whose TTLs the writer saw (a log segment written in this
+/// process), within a quarter of their mean. Rewriting a segment of 5 s TTLs that still holds
+/// half its keys 4 s before its last expiry halves the disk it takes; waiting 10 minutes (the
+/// default horizon) would never rewrite it.
+fn leave_to_expire(inner: &Inner, info: &SegmentInfo) -> bool {
+    let horizon = crate::clock::duration_ms(inner.opts.expiry_horizon);
+    let horizon = match info.seg.ttls.mean_ttl() {
+        Some(mean) => horizon.min(mean / TTL_HORIZON_DIVISOR),
+        None => horizon,
+    };
+    !info.has_persistent && info.max_expiry <= inner.opts.clock.now_ms().saturating_add(horizon)
+}
+
+/// How much rewriting a segment of short TTLs must free, see [`rewrite_pays`]: the dead bytes
+/// times the time they would otherwise stay on disk must reach the live bytes (what the rewrite
+/// writes) times this fraction of the mean TTL.
+pub const REWRITE_PAYBACK: f64 = 0.4;
+
+/// For a segment whose TTLs the writer saw (a log segment written in this process): true if
+/// rewriting it now frees enough disk for long enough to be worth copying its live records, in
+/// the measure of [`REWRITE_PAYBACK`]: `dead × (max_expiry − now) ≥ live × mean TTL × 0.4`.
+/// With TTLs spread over a range (a segment's keys die one by one over seconds) this rewrites a
+/// segment once about a quarter of it is dead, long before half; with one TTL for all keys a
+/// segment dies whole within the twentieth of a TTL it spans, and the rule never fires (no write
+/// amplification).
+fn rewrite_pays(inner: &Inner, info: &SegmentInfo) -> bool {
+    let Some(mean) = info.seg.ttls.mean_ttl() else {
+        return false;
+    };
+    if info.has_persistent || info.data_bytes == 0 {
+        return false;
+    }
+    let now = inner.opts.clock.now_ms();
+    let remaining = info.max_expiry.saturating_sub(now) as f64;
+    let live = info.live_bytes.min(info.data_bytes) as f64;
+    let dead = info.data_bytes as f64 - live;
+    dead * remaining >= live * mean as f64 * REWRITE_PAYBACK
+}
+
 fn write_hints(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     for (id, info) in sealed_snapshot(inner)
         .into_iter()
@@ -184,9 +240,23 @@ fn build_filters(inner: &Inner) -> Result<()> {
 /// True if a tombstone for (`ns`, `key`) with sequence `seq`, held by segment `own`, must be
 /// kept when `own` goes away.
 fn tombstone_needed(st: &State, own: u32, ns: u8, key: &[u8], seq: u64) -> bool {
+    tombstone_needed_besides(st, own, |_| false, ns, key, seq)
+}
+
+/// As [`tombstone_needed`], not counting the segments for which `gone` is true: inputs of the
+/// same rewrite that are unlinked before `own` is.
+fn tombstone_needed_besides(
+    st: &State,
+    own: u32,
+    gone: impl Fn(u32) -> bool,
+    ns: u8,
+    key: &[u8],
+    seq: u64,
+) -> bool {
     let h = key_hash(ns, key);
     st.segments.iter().any(|(id, info)| {
         *id != own
+            && !gone(*id)
             && info.min_seq < seq
             && info
                 .key_filter
@@ -273,7 +343,11 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     let segment_size = inner.opts.segment_size as usize;
     let mut candidates: Vec<(u32, SegmentInfo)> = sealed_snapshot(inner)
         .into_iter()
-        .filter(|(_, i)| i.data_bytes > 0 && i.dead_ratio() >= threshold && !expires_soon(inner, i))
+        .filter(|(_, i)| {
+            i.data_bytes > 0
+                && ((i.dead_ratio() >= threshold && !leave_to_expire(inner, i))
+                    || rewrite_pays(inner, i))
+        })
         .collect();
     candidates.sort_by_key(|(id, _)| *id);
     // One group per pass, bounded so the pass stays short: up to 4 segments' worth of live data.
@@ -316,7 +390,17 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                         tombstone: None,
                     });
                 }
-            } else if tombstone_needed(&st, *id, op.ns, op.key, op.seq) {
+            } else if tombstone_needed_besides(
+                &st,
+                *id,
+                // Inputs are unlinked in id order (`group` is sorted): those before this one
+                // are gone when it goes, so only the later ones and the rest of the store can
+                // still hold an older record of the key.
+                |other| removing.contains(&other) && other < *id,
+                op.ns,
+                op.key,
+                op.seq,
+            ) {
                 report.tombstones_kept += 1;
                 copies.push(Copy {
                     ns: op.ns,
@@ -333,23 +417,65 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     }
     // Group by expiry: outputs then expire whole. Records without expiry (and tombstones) last.
     copies.sort_by_key(|c| (c.expires_at.unwrap_or(u64::MAX), c.seq));
+    // With short TTLs seen by the writer, an output also ends where its expiry span passes a
+    // eighth of their mean: it is then dropped soon after its first key expires.
+    let (ttl_sum, ttl_n) = group
+        .iter()
+        .filter_map(|(_, i)| i.seg.ttls.mean_ttl())
+        .fold((0u64, 0u64), |(s, n), m| (s.saturating_add(m), n + 1));
+    let max_span = (ttl_n > 0).then(|| (ttl_sum / ttl_n / OUTPUT_SPAN_DIVISOR).max(1));
+    let min_output = min_output_bytes(segment_size as u64);
 
+    // Every output's records are relative to one base: the smallest sequence and the earliest
+    // expiry (in whole seconds) of all the copies, so that each record's length is known before
+    // the copies are split into outputs.
+    let base = format::RecordBase {
+        version: format::FORMAT_VERSION,
+        base_seq: copies.iter().map(|c| c.seq).min().unwrap_or(0),
+        base_ms: u64::from(segment::base_time_s(
+            copies
+                .iter()
+                .filter_map(|c| c.expires_at)
+                .min()
+                .unwrap_or_else(|| inner.opts.clock.now_ms()),
+        )) * 1000,
+    };
     let mut outputs: Vec<(usize, Output)> = Vec::new();
     let mut start = 0;
     while start < copies.len() {
         let mut size = HEADER_LEN;
         let mut end = start;
         while end < copies.len() {
-            let len = format::record_len(&[enc(&copies[end])]);
+            let len = format::record_len_at(&base, copies[end].seq, &[enc(&copies[end])]);
             if end > start && size + len > segment_size {
+                break;
+            }
+            if let (Some(span), Some(first), Some(e)) =
+                (max_span, copies[start].expires_at, copies[end].expires_at)
+                && size >= min_output
+                && e - first > span
+            {
                 break;
             }
             size += len;
             end += 1;
         }
+        // An output that expires soon (puts only, all with an expiry within the expiry
+        // horizon) gets no hint, like a sealed log segment that expires soon (`write_hints`): it
+        // is dropped whole before long, and a hint (about a third of its size) would only add to
+        // the disk it takes and to what compaction writes. Open scans it if it is still there.
+        let horizon = crate::clock::duration_ms(inner.opts.expiry_horizon);
+        let with_hint = copies[start..end]
+            .iter()
+            .any(|c| c.tombstone.is_some() || c.expires_at.is_none())
+            || copies[start..end]
+                .iter()
+                .filter_map(|c| c.expires_at)
+                .max()
+                .is_none_or(|last| last > inner.opts.clock.now_ms().saturating_add(horizon));
         outputs.push((
             start,
-            write_output(inner, &copies[start..end], size, report)?,
+            write_output(inner, &base, &copies[start..end], size, with_hint, report)?,
         ));
         start = end;
     }
@@ -368,7 +494,13 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                     .index
                     .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, val_off as u32)
                 {
-                    info.live_bytes += put_cost(c.key.len(), c.value.len(), c.expires_at.is_some());
+                    info.live_bytes += put_cost(
+                        c.key.len(),
+                        rec_off as u32,
+                        val_off as u32,
+                        c.value.len(),
+                        c.expires_at.is_some(),
+                    );
                     info.live_keys += 1;
                 }
             }
@@ -410,20 +542,24 @@ fn enc<'a>(c: &Copy<'a>) -> EncOp<'a> {
 /// open segment, its accounting (no live keys yet) and each record's (offset, value offset).
 fn write_output(
     inner: &Inner,
+    base: &format::RecordBase,
     copies: &[Copy<'_>],
     size: usize,
+    with_hint: bool,
     report: &mut CompactionReport,
 ) -> Result<Output> {
     let storage = &*inner.opts.storage;
     let id = inner.log.alloc_segment_id()?;
-    let base_seq = copies.iter().map(|c| c.seq).min().unwrap_or(0);
     let mut buf = vec![0u8; size];
     let header = format::SegmentHeader {
-        version: format::FORMAT_VERSION,
+        version: base.version,
         kind: SEGMENT_KIND_COMPACTED,
+        prev_log_id: 0,
         segment_id: id,
-        base_seq,
+        base_seq: base.base_seq,
+        base_time_s: segment::base_time_s(base.base_ms),
     };
+    debug_assert_eq!(header.record_base(), *base);
     buf[..HEADER_LEN].copy_from_slice(&header.encode());
     let mut positions = Vec::with_capacity(copies.len());
     let mut offs = Vec::with_capacity(1);
@@ -435,9 +571,9 @@ fn write_output(
     let mut tombstone_bytes = 0;
     for c in copies {
         let op = [enc(c)];
-        let len = format::record_len(&op);
+        let len = format::record_len_at(base, c.seq, &op);
         offs.clear();
-        format::encode_record(&mut buf[at..at + len], id, c.seq, &op, &mut offs);
+        format::encode_record_at(&mut buf[at..at + len], base, id, c.seq, &op, &mut offs);
         positions.push((at, at + offs[0]));
         keys.insert(key_hash(c.ns, c.key));
         seqs = (seqs.0.min(c.seq), seqs.1.max(c.seq));
@@ -459,7 +595,11 @@ fn write_output(
             .map_err(|k| Error::corrupt(id, off as u64, k))?;
         entries.push(HintEntry::of(&ops[0], off));
     }
-    let hint_bytes = hint::encode(id, size as u64, &entries)?;
+    let hint_bytes = if with_hint {
+        Some(hint::encode(id, size as u64, &entries)?)
+    } else {
+        None
+    };
     drop(entries);
 
     let final_path = inner.dir.join(segment::file_name(id));
@@ -474,7 +614,9 @@ fn write_output(
             .map_err(|e| Error::io("write", &tmp, e))?;
         crate::failpoint!("compaction.before_output_sync");
         file.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        hint::write(storage, &inner.dir, id, &hint_bytes)?;
+        if let Some(h) = &hint_bytes {
+            hint::write(storage, &inner.dir, id, h)?;
+        }
         crate::failpoint!("compaction.before_publish");
         storage
             .rename(&tmp, &final_path)
@@ -495,7 +637,7 @@ fn write_output(
     let mut info = SegmentInfo::new(seg.clone());
     info.kind = SEGMENT_KIND_COMPACTED;
     info.sealed = true;
-    info.has_hint = true;
+    info.has_hint = hint_bytes.is_some();
     info.data_bytes = (size - HEADER_LEN) as u64;
     info.min_seq = seqs.0;
     info.max_seq = seqs.1;
@@ -504,6 +646,6 @@ fn write_output(
     info.tombstone_bytes = tombstone_bytes;
     info.key_filter = Some(Arc::new(keys.into_iter().collect()));
     report.segments_written += 1;
-    report.bytes_written += (size + hint_bytes.len()) as u64;
+    report.bytes_written += (size + hint_bytes.as_ref().map_or(0, Vec::len)) as u64;
     Ok((seg, info, positions))
 }

@@ -107,21 +107,45 @@ pub fn decode_segment(data: &[u8]) {
                 },
             })
             .collect();
-        let len = format::record_len(&enc);
+        // Re-encoded after the same header bytes, so that compact records get the same base.
+        let base = data
+            .get(..HEADER_LEN)
+            .and_then(|h| SegmentHeader::decode(h).ok())
+            .map_or(format::RecordBase::V1, |h| h.record_base());
+        let len = format::record_len_at(&base, rec.seq, &enc);
         // Records that decode but are not in canonical form (a batch of one, a varint with
-        // redundant bytes) need not re-encode identically; those of canonical length must.
+        // redundant bytes, a version 1 kind where a compact one would do) need not re-encode
+        // identically; those of canonical length must.
         if len == rec.len {
-            let mut out = vec![0u8; len];
+            let head = HEADER_LEN.min(data.len());
+            let mut out = data[..head].to_vec();
+            out.resize(head + len, 0);
             offsets.clear();
-            format::encode_record(&mut out, id, rec.seq, &enc, &mut offsets);
-            let again = format::read_record(&out, 0, id).expect("an encoded record reads back");
+            format::encode_record_at(&mut out[head..], &base, id, rec.seq, &enc, &mut offsets);
+            let again = format::read_record(&out, head, id).expect("an encoded record reads back");
             let mut ops2 = Vec::new();
             again.ops(&mut ops2).expect("an encoded record decodes");
             assert_eq!(ops2.len(), ops.len());
             for (a, b) in ops.iter().zip(&ops2) {
                 assert_eq!(
-                    (a.kind, a.seq, a.ns, a.key, a.value, a.expires_at),
-                    (b.kind, b.seq, b.ns, b.key, b.value, b.expires_at)
+                    (
+                        a.kind,
+                        a.seq,
+                        a.ns,
+                        a.key,
+                        a.value,
+                        a.expires_at,
+                        a.target_seq
+                    ),
+                    (
+                        b.kind,
+                        b.seq,
+                        b.ns,
+                        b.key,
+                        b.value,
+                        b.expires_at,
+                        b.target_seq
+                    )
                 );
             }
         }

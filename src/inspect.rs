@@ -593,7 +593,7 @@ impl Inspector {
             target_seq: u64,
         }
         let mut hits: Vec<Hit> = Vec::new();
-        self.walk_strict(|seg, rec_off, op, _| {
+        self.walk_strict(|seg, rec_off, op, _, _| {
             if op.ns == ns.0 && op.key == key {
                 hits.push(Hit {
                     seq: op.seq,
@@ -648,7 +648,7 @@ impl Inspector {
     /// Walks every valid operation, failing on damage that is not a torn tail.
     fn walk_strict(
         &self,
-        mut f: impl FnMut(&SegmentFile, usize, &Op<'_>, Option<BatchPos>),
+        mut f: impl FnMut(&SegmentFile, usize, &Op<'_>, Option<BatchPos>, (u64, u64)),
     ) -> Result<Vec<ScannedSegment>> {
         let mut out = Vec::with_capacity(self.segments.len());
         for seg in &self.segments {
@@ -678,6 +678,8 @@ impl Inspector {
                     len,
                     kind,
                     ops,
+                    shares,
+                    shared,
                     ..
                 } => {
                     info.records.add(kind);
@@ -688,7 +690,8 @@ impl Inspector {
                             index: i as u32,
                             count,
                         });
-                        f(seg, offset, op, batch);
+                        let overhead = if i == 0 { shared } else { 0 };
+                        f(seg, offset, op, batch, (shares[i], overhead));
                     }
                 }
                 Scan::Damaged(d) if d.torn_tail => info.torn_tail_bytes = d.len,
@@ -709,18 +712,9 @@ impl Inspector {
     /// Replays every operation in sequence order and classifies each.
     fn replay(&self) -> Result<Replay> {
         let mut ops: Vec<OwnedOp> = Vec::new();
-        let segments = self.walk_strict(|seg, rec_off, op, batch| {
-            let entry = entry_len(op);
-            let (cost, overhead) = match batch {
-                None => (entry + (format::RECORD_PREFIX + 8) as u64, 0),
-                // The batch's prefix, kind, sequence and count are carried by its first entry
-                // and shared out by class in `stats`.
-                Some(BatchPos { index: 0, count }) => (
-                    entry,
-                    (format::RECORD_PREFIX + 1 + 8 + format::varint_len(u64::from(count))) as u64,
-                ),
-                Some(_) => (entry, 0),
-            };
+        // A batch's prefix, kind, sequence and count (`overhead`) are carried by its first entry
+        // and shared out by class in `stats`.
+        let segments = self.walk_strict(|seg, rec_off, op, batch, (cost, overhead)| {
             ops.push(OwnedOp {
                 seq: op.seq,
                 segment: seg.id,
@@ -773,23 +767,6 @@ impl Inspector {
             segments,
         })
     }
-}
-
-/// The encoded bytes of one operation's fields, its kind byte included (what it takes inside a
-/// batch; a single-op record adds its prefix and sequence).
-fn entry_len(op: &Op<'_>) -> u64 {
-    let klen = op.key.len();
-    let fixed = 1 + 1 + format::varint_len(klen as u64) + klen;
-    (match op.kind {
-        KIND_PUT => {
-            fixed
-                + format::varint_len(op.value.len() as u64)
-                + op.value.len()
-                + if op.expires_at.is_some() { 8 } else { 0 }
-        }
-        KIND_EXPIRE => fixed + 8,
-        _ => fixed,
-    }) as u64
 }
 
 /// The thread or queue a live key belongs to, and whether it counts towards its length (a
@@ -910,6 +887,7 @@ impl Iterator for Records<'_> {
                     seq,
                     last_op_seq,
                     ops,
+                    ..
                 } => {
                     let log = header.kind == SEGMENT_KIND_LOG;
                     let problem = if log && seq <= *last_seq {
@@ -1017,6 +995,9 @@ enum Scan<'a, 'o> {
         seq: u64,
         last_op_seq: u64,
         ops: &'o [Op<'a>],
+        /// Each op's share of the record's bytes, and the bytes they share (format::Record::op_shares).
+        shares: &'o [u64],
+        shared: u64,
     },
     Damaged(Damage),
 }
@@ -1026,10 +1007,12 @@ enum Scan<'a, 'o> {
 fn scan_segment<'a>(data: &'a [u8], id: u64, last: bool, mut f: impl FnMut(Scan<'a, '_>)) {
     let mut off = HEADER_LEN;
     let mut ops: Vec<Op<'a>> = Vec::new();
+    let mut shares = Vec::new();
     while off < data.len() {
         let kind = match format::read_record(data, off, id) {
             Ok(rec) => match rec.ops(&mut ops) {
                 Ok(()) => {
+                    let shared = rec.op_shares(&ops, &mut shares);
                     f(Scan::Record {
                         offset: off,
                         len: rec.len,
@@ -1037,6 +1020,8 @@ fn scan_segment<'a>(data: &'a [u8], id: u64, last: bool, mut f: impl FnMut(Scan<
                         seq: rec.seq,
                         last_op_seq: rec.last_seq(&ops),
                         ops: &ops,
+                        shares: &shares,
+                        shared,
                     });
                     off += rec.len;
                     continue;

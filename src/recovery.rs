@@ -164,6 +164,7 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
         state,
         staged,
         last_log_seq: 0,
+        last_log: None,
         max_seq: 0,
         seq_floor: 1,
         report,
@@ -191,7 +192,11 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
                 storage,
                 dir,
                 id,
-                next_seq,
+                segment::SegmentStart {
+                    base_seq: next_seq,
+                    prev_log_id: r.last_log.map_or(0, |(id, _)| id),
+                    now_ms: opts.clock.now_ms(),
+                },
                 opts.segment_size,
                 segment::reserve_step(opts.segment_size),
             )?;
@@ -249,6 +254,8 @@ struct Replay<'a> {
     /// Every replayed op, staged in the index (see [`finish_staged`]).
     staged: Staged,
     last_log_seq: u64,
+    /// The last log segment replayed so far, and its length.
+    last_log: Option<(u64, u64)>,
     max_seq: u64,
     seq_floor: u64,
     report: RecoveryReport,
@@ -314,6 +321,27 @@ impl Replay<'_> {
             ));
         }
         let compacted = header.kind == SEGMENT_KIND_COMPACTED;
+        // Format version 2: a log segment names the log segment it follows, which ended at
+        // `base_seq - 1` when this one was created and was never written again. If that one is
+        // here and ends earlier, records are missing from its end (a cut at a record boundary
+        // reads as a valid, shorter segment otherwise).
+        if !compacted {
+            if let Some((prev, prev_len)) = self.last_log
+                && header.prev_log_id != 0
+                && u64::from(header.prev_log_id) == prev
+                && self.last_log_seq.saturating_add(1) != header.base_seq
+                && self.opts.recovery != RecoveryMode::Salvage
+            {
+                return Err(Error::corrupt(
+                    prev,
+                    prev_len,
+                    CorruptionKind::Malformed(
+                        "log segment ends before the sequence its successor starts at",
+                    ),
+                ));
+            }
+            self.last_log = Some((id, seg.map.len() as u64));
+        }
         self.seq_floor = self.seq_floor.max(header.base_seq);
         self.report.segments += 1;
         let seg = Arc::new(seg);
@@ -665,13 +693,20 @@ fn finish_staged(state: &mut State, staged: Staged) {
             } else {
                 a.has_persistent = true;
             }
-            let added = put_cost(key_len, e.val_len as usize, expires);
+            let added = put_cost(key_len, e.rec_off, e.val_off, e.val_len as usize, expires);
             if current {
                 a.live_bytes += added;
                 a.live_keys += 1;
             } else {
                 // Replaced later: `State::apply` took back the cost as the entry gives it.
-                a.live_bytes += added - put_cost(key_len, e.val_len as usize, e.expires_at != 0);
+                a.live_bytes += added
+                    - put_cost(
+                        key_len,
+                        e.rec_off,
+                        e.val_off,
+                        e.val_len as usize,
+                        e.expires_at != 0,
+                    );
             }
         },
         |_, _, e| !e.is_tombstone(),
@@ -776,6 +811,7 @@ mod tests {
             state: staged_state,
             staged,
             last_log_seq: 0,
+            last_log: None,
             max_seq: 0,
             seq_floor: 1,
             report: RecoveryReport::default(),
@@ -784,7 +820,12 @@ mod tests {
         let value = [9u8; 40];
         for (i, ops) in segs.iter().enumerate() {
             let id = i as u64 + 1;
-            let seg = Arc::new(Segment::create(&*storage, dir, id, 1, 4096, 4096).unwrap());
+            let start = crate::segment::SegmentStart {
+                base_seq: 1,
+                prev_log_id: 0,
+                now_ms: 0,
+            };
+            let seg = Arc::new(Segment::create(&*storage, dir, id, start, 4096, 4096).unwrap());
             reference
                 .segments
                 .insert(id as u32, SegmentInfo::new(seg.clone()));

@@ -1,13 +1,14 @@
 //! Segment files: naming, creating, mapping, and the per-segment space accounting.
 
 use crate::error::{Error, Result};
-use crate::format::{self, HEADER_LEN, SegmentHeader};
+use crate::format::{self, HEADER_LEN, RecordBase, SegmentHeader};
 use crate::storage::{self, Mapping, OpenMode, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How much the active segment's file grows at a time (never more than the segment size).
-pub const RESERVE_STEP: u64 = 4 << 20;
+pub const RESERVE_STEP: u64 = 1 << 20;
 
 /// The allocation step for segments of `segment_size` bytes.
 pub fn reserve_step(segment_size: u64) -> u64 {
@@ -33,6 +34,17 @@ pub fn parse_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// Where a new log segment starts, for [`Segment::create`].
+#[derive(Debug, Clone, Copy)]
+pub struct SegmentStart {
+    /// The sequence of its first record.
+    pub base_seq: u64,
+    /// The log segment it follows, 0 for none.
+    pub prev_log_id: u64,
+    /// The store's clock at its creation (unix ms).
+    pub now_ms: u64,
+}
+
 /// An open segment: its file and a mapping of it.
 #[derive(Debug)]
 pub struct Segment {
@@ -44,16 +56,152 @@ pub struct Segment {
     pub file: Arc<dyn StorageFile>,
     /// A mapping of the file (writable for the active segment).
     pub map: Arc<dyn Mapping>,
+    /// What its records are encoded relative to (from its header).
+    pub base: RecordBase,
+    /// The TTLs written into it while it is the active segment, for early rotation.
+    pub ttls: TtlTracker,
+}
+
+/// Early rotation (TTL-aware): a segment is the unit of whole-segment drops, and it can only be
+/// dropped once its newest record expired, so a segment that takes long to fill compared with
+/// the TTLs written into it holds expired data for a long time. The writer therefore seals the
+/// active segment early once it holds at least [`early_rotation_min_bytes`] and its age reaches
+/// 1/[`EARLY_ROTATION_DIVISOR`] of the mean TTL of the puts written into it (a tenth if their
+/// TTLs are spread wide). A store without
+/// TTLs never rotates early. Kept in memory only; a reopened active segment starts afresh.
+#[derive(Debug)]
+pub struct TtlTracker {
+    /// When the segment became active (unix ms, the store's clock).
+    since_ms: AtomicU64,
+    /// Sum of the TTLs (ms) of the puts with an expiry written into it.
+    ttl_sum: AtomicU64,
+    /// Number of those puts.
+    ttl_count: AtomicU64,
+    /// The shortest and longest of those TTLs (ms).
+    ttl_min: AtomicU64,
+    ttl_max: AtomicU64,
+}
+
+/// The active segment rotates early once its age reaches the mean TTL written into it divided
+/// by this, when its TTLs lie close together (within a quarter of their mean of each other): it
+/// then spans at most a twentieth of a TTL and dies whole soon after its first key, which bounds
+/// the expired data it keeps on disk to about a fortieth of the live data.
+pub const EARLY_ROTATION_DIVISOR: u64 = 20;
+/// The divisor when its TTLs are spread wider: such a segment dies key by key and is rewritten
+/// by the compactor (grouped by expiry) long before its last key expires, so a shorter segment
+/// would gain little and only multiply compaction work.
+pub const EARLY_ROTATION_DIVISOR_SPREAD: u64 = 10;
+
+/// The least data an active segment holds before it may rotate early: 1/64 of the segment
+/// size (1 MiB for the default 64 MiB), so that rotation, a few fsyncs, stays rare.
+pub fn early_rotation_min_bytes(segment_size: u64) -> u64 {
+    segment_size / 64
+}
+
+impl TtlTracker {
+    /// A copy of what the tracker has seen so far.
+    pub fn snapshot(&self) -> Self {
+        let copy = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
+        TtlTracker {
+            since_ms: copy(&self.since_ms),
+            ttl_sum: copy(&self.ttl_sum),
+            ttl_count: copy(&self.ttl_count),
+            ttl_min: copy(&self.ttl_min),
+            ttl_max: copy(&self.ttl_max),
+        }
+    }
+
+    /// A tracker for a segment that became active at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        TtlTracker {
+            since_ms: AtomicU64::new(now_ms),
+            ttl_sum: AtomicU64::new(0),
+            ttl_count: AtomicU64::new(0),
+            ttl_min: AtomicU64::new(u64::MAX),
+            ttl_max: AtomicU64::new(0),
+        }
+    }
+
+    /// Notes the expiries of `ops`, written at `now_ms`. Called by the writer, under its lock
+    /// (the atomics only make the shared `Segment` mutable; there is one writer).
+    pub fn note(&self, now_ms: u64, ops: &[format::EncOp<'_>]) {
+        // A segment opened again at startup starts its age at its first put with a TTL.
+        let _ = self
+            .since_ms
+            .compare_exchange(0, now_ms, Ordering::Relaxed, Ordering::Relaxed);
+        for op in ops {
+            if let format::EncOp::Put {
+                expires_at: Some(e),
+                ..
+            } = *op
+            {
+                let ttl = e.saturating_sub(now_ms);
+                self.ttl_sum.fetch_add(ttl, Ordering::Relaxed);
+                self.ttl_count.fetch_add(1, Ordering::Relaxed);
+                self.ttl_min.fetch_min(ttl, Ordering::Relaxed);
+                self.ttl_max.fetch_max(ttl, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// True once a put with an expiry was noted.
+    pub fn has_ttls(&self) -> bool {
+        self.ttl_count.load(Ordering::Relaxed) > 0
+    }
+
+    /// The mean TTL (ms) of the puts with an expiry written into the segment while it was active
+    /// in this process, if there were any.
+    pub fn mean_ttl(&self) -> Option<u64> {
+        let count = self.ttl_count.load(Ordering::Relaxed);
+        (count > 0).then(|| self.ttl_sum.load(Ordering::Relaxed) / count)
+    }
+
+    /// True if the active segment, holding `data_bytes` of records, should be sealed now,
+    /// before more is appended (see [`TtlTracker`]).
+    pub fn rotation_due(&self, now_ms: u64, data_bytes: u64, segment_size: u64) -> bool {
+        let count = self.ttl_count.load(Ordering::Relaxed);
+        if count == 0 || data_bytes < early_rotation_min_bytes(segment_size) {
+            return false;
+        }
+        let mean = self.ttl_sum.load(Ordering::Relaxed) / count;
+        let spread = self
+            .ttl_max
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.ttl_min.load(Ordering::Relaxed));
+        let divisor = if spread <= mean / 4 {
+            EARLY_ROTATION_DIVISOR
+        } else {
+            EARLY_ROTATION_DIVISOR_SPREAD
+        };
+        let age = now_ms.saturating_sub(self.since_ms.load(Ordering::Relaxed));
+        age >= mean / divisor
+    }
 }
 
 impl Segment {
+    /// The same segment seen through another mapping of its file (the writer swaps the active
+    /// segment's writable mapping for a read-only one when it seals it).
+    pub fn with_map(&self, map: Arc<dyn Mapping>) -> Segment {
+        Segment {
+            id: self.id,
+            path: self.path.clone(),
+            file: self.file.clone(),
+            map,
+            base: self.base,
+            ttls: self.ttls.snapshot(),
+        }
+    }
+
     /// Bytes `start..start+len` of the segment.
     pub fn bytes(&self, start: usize, len: usize) -> &[u8] {
         storage::mapped(&*self.map, start, len)
     }
 
     /// Creates segment `id` of `size` bytes (space reserved), header written and the file synced
-    /// with its metadata. The directory is not synced: the caller does that.
+    /// with its metadata. The directory is not synced: the caller does that. `start.now_ms` (the
+    /// store's clock) becomes the header's base time, in whole seconds, and starts the segment's
+    /// [`TtlTracker`]. Recovery checks that the log segment it follows, if present, ends at
+    /// sequence `base_seq - 1`.
     ///
     /// The mapping covers `size` bytes, but only `reserve` of them are allocated now: the writer
     /// extends the file in steps ([`reserve_step`]) as it fills, so a store never holds much more
@@ -62,23 +210,31 @@ impl Segment {
         storage: &dyn Storage,
         dir: &Path,
         id: u64,
-        base_seq: u64,
+        start: SegmentStart,
         size: u64,
         reserve: u64,
     ) -> Result<Segment> {
+        let SegmentStart {
+            base_seq,
+            prev_log_id,
+            now_ms,
+        } = start;
         let path = dir.join(file_name(id));
         let file = storage
             .open(&path, OpenMode::CreateNew)
             .map_err(|e| Error::io("create", &path, e))?;
+        let header = SegmentHeader {
+            version: format::FORMAT_VERSION,
+            kind: format::SEGMENT_KIND_LOG,
+            // Segment ids stay below 2^32 - 1 (the writer refuses more).
+            prev_log_id: u32::try_from(prev_log_id).unwrap_or(0),
+            segment_id: id,
+            base_seq,
+            base_time_s: base_time_s(now_ms),
+        };
         let result = (|| {
             file.allocate(reserve.min(size).max(HEADER_LEN as u64))
                 .map_err(|e| Error::io("fallocate", &path, e))?;
-            let header = SegmentHeader {
-                version: format::FORMAT_VERSION,
-                kind: format::SEGMENT_KIND_LOG,
-                segment_id: id,
-                base_seq,
-            };
             file.write_all_at(&header.encode(), 0)
                 .map_err(|e| Error::io("write", &path, e))?;
             crate::failpoint!("segment.create.before_sync");
@@ -94,6 +250,8 @@ impl Segment {
                 path,
                 file,
                 map,
+                base: header.record_base(),
+                ttls: TtlTracker::new(now_ms),
             }),
             Err(e) => {
                 // Leave nothing half-made behind; a failure to remove is reported by the next open.
@@ -120,11 +278,22 @@ impl Segment {
         let map = file
             .map(len, writable)
             .map_err(|e| Error::io("mmap", &path, e))?;
+        // A header that does not decode leaves the version 1 base: its records are not read
+        // (recovery and inspection check the header first), or, for a compact record, fail to
+        // decode against the header bytes themselves.
+        let base = if len >= HEADER_LEN {
+            SegmentHeader::decode(storage::mapped(&*map, 0, HEADER_LEN))
+                .map_or(RecordBase::V1, |h| h.record_base())
+        } else {
+            RecordBase::V1
+        };
         Ok(Segment {
             id,
             path,
             file,
             map,
+            base,
+            ttls: TtlTracker::new(0),
         })
     }
 
@@ -146,6 +315,11 @@ impl Segment {
         }
         SegmentHeader::decode(self.bytes(0, HEADER_LEN))
     }
+}
+
+/// The header base time (unix seconds) of a segment created at `now_ms`.
+pub fn base_time_s(now_ms: u64) -> u32 {
+    u32::try_from(now_ms / 1000).unwrap_or(u32::MAX)
 }
 
 /// What the store knows about one segment, kept in memory and rebuilt at open.
@@ -230,9 +404,20 @@ pub fn key_hash(ns: u8, key: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
-/// The bytes a put of this shape is accounted as in [`SegmentInfo::live_bytes`].
-pub fn put_cost(key_len: usize, val_len: usize, has_expiry: bool) -> u64 {
-    (format::RECORD_PREFIX
+/// The bytes a put is accounted as in [`SegmentInfo::live_bytes`], from where its record starts
+/// (`rec_off`) and where its value starts and how long it is: for a put that is a record of its
+/// own (the common case, compact or version 1) its exact record length, from the record's start
+/// to the end of its value, which is the record's last field. For an entry of a batch, whose
+/// value can lie far from the batch's start, the length of a version 1 record of the same put
+/// (approximate: the batch's own fields are not shared out).
+pub fn put_cost(
+    key_len: usize,
+    rec_off: u32,
+    val_off: u32,
+    val_len: usize,
+    has_expiry: bool,
+) -> u64 {
+    let alone = (format::RECORD_PREFIX
         + 1
         + 8
         + 1
@@ -240,7 +425,10 @@ pub fn put_cost(key_len: usize, val_len: usize, has_expiry: bool) -> u64 {
         + format::varint_len(val_len as u64)
         + if has_expiry { 8 } else { 0 }
         + key_len
-        + val_len) as u64
+        + val_len) as u64;
+    let span = u64::from(val_off.saturating_sub(rec_off)) + val_len as u64;
+    // A record of its own is never longer than its version 1 form; a batch entry's span is.
+    if span <= alone { span } else { alone }
 }
 
 #[cfg(test)]

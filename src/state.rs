@@ -45,7 +45,13 @@ impl State {
             return;
         }
         if let Some(info) = self.segments.get_mut(&old.seg) {
-            let cost = put_cost(key_len, old.val_len as usize, old.expires_at != 0);
+            let cost = put_cost(
+                key_len,
+                old.rec_off,
+                old.val_off,
+                old.val_len as usize,
+                old.expires_at != 0,
+            );
             info.live_bytes = info.live_bytes.saturating_sub(cost);
             info.live_keys = info.live_keys.saturating_sub(1);
         }
@@ -100,8 +106,13 @@ impl State {
                 }
                 if let Some(info) = self.segments.get_mut(&seg) {
                     info.saw_seq(op.seq);
-                    info.live_bytes +=
-                        put_cost(op.key.len(), op.value.len(), op.expires_at.is_some());
+                    info.live_bytes += put_cost(
+                        op.key.len(),
+                        entry.rec_off,
+                        entry.val_off,
+                        op.value.len(),
+                        op.expires_at.is_some(),
+                    );
                     info.live_keys += 1;
                     match op.expires_at {
                         Some(e) => info.max_expiry = info.max_expiry.max(e),

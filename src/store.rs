@@ -797,7 +797,11 @@ impl Inner {
         let seg = info.seg.clone();
         if self.opts.verify_reads {
             let data = seg.bytes(0, info.end());
-            prefetch_lines(data, e.rec_off as usize, e.val_off as usize + e.val_len as usize);
+            prefetch_lines(
+                data,
+                e.rec_off as usize,
+                e.val_off as usize + e.val_len as usize,
+            );
             if let Err(err) = format::read_record(data, e.rec_off as usize, seg.id) {
                 let kind = match err {
                     format::RecordError::Corrupt(k) => k,

@@ -177,6 +177,7 @@ const PREFETCH_OPS: usize = 16;
 pub struct Log {
     dir: PathBuf,
     storage: Arc<dyn Storage>,
+    clock: Arc<dyn crate::clock::Clock>,
     segment_size: u64,
     policy: SyncPolicy,
     writer: Mutex<WriterState>,
@@ -236,6 +237,7 @@ impl Log {
         Log {
             dir,
             storage: opts.storage.clone(),
+            clock: opts.clock.clone(),
             segment_size: opts.segment_size,
             policy: opts.sync,
             writer: Mutex::new(WriterState {
@@ -298,9 +300,29 @@ impl Log {
         if let Some(a) = applied.as_deref_mut() {
             a.clear();
         }
-        let len = format::record_len(ops);
-        if w.tail + len > w.active.map.len() {
-            self.rotate(w, state, len)?;
+        // The time is read only when something needs it (a TTL to note, a segment that may
+        // rotate early, a rotation): a clock read is a few percent of an unsynced put.
+        let has_ttl = ops.iter().any(|op| {
+            matches!(
+                op,
+                EncOp::Put {
+                    expires_at: Some(_),
+                    ..
+                }
+            )
+        });
+        let now = (has_ttl || w.active.ttls.has_ttls()).then(|| self.clock.now_ms());
+        let mut len = format::record_len_at(&w.active.base, w.next_seq, ops);
+        let early = (w.tail - HEADER_LEN) as u64;
+        if w.tail + len > w.active.map.len()
+            || now.is_some_and(|now| w.active.ttls.rotation_due(now, early, self.segment_size))
+        {
+            let now = now.unwrap_or_else(|| self.clock.now_ms());
+            self.rotate(w, state, len, now)?;
+            len = format::record_len_at(&w.active.base, w.next_seq, ops);
+        }
+        if let Some(now) = now.filter(|_| has_ttl) {
+            w.active.ttls.note(now, ops);
         }
         let need = (w.tail + len) as u64;
         if need > w.allocated {
@@ -337,7 +359,7 @@ impl Log {
             // SAFETY of the aliasing: bytes rec_off..rec_off+len lie past every byte a reader was
             // given (readers see only records the index points at, all before `tail`).
             let out = mapped_mut(&w.active, rec_off, len);
-            format::encode_record(out, seg_id, seq, ops, &mut offsets);
+            format::encode_record_at(out, &w.active.base, seg_id, seq, ops, &mut offsets);
         }
         crate::failpoint!("append.after_write");
         w.tail += len;
@@ -362,7 +384,16 @@ impl Log {
     }
 
     /// Creates the next segment, seals the active one, and switches to the new one.
-    fn rotate(&self, w: &mut WriterGuard<'_>, state: &RwLock<State>, need: usize) -> Result<()> {
+    fn rotate(
+        &self,
+        w: &mut WriterGuard<'_>,
+        state: &RwLock<State>,
+        need: usize,
+        now: u64,
+    ) -> Result<()> {
+        // Room for the record in the new segment's compact form, which can exceed `need` by a
+        // few varint bytes.
+        let need = need + 32;
         let new_id = self.alloc_segment_id()?;
         let size = self.segment_size.max((HEADER_LEN + need) as u64);
         // Readers and the writer's own handle move to a read-only mapping of the old segment and
@@ -382,19 +413,23 @@ impl Log {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         let reserve =
             crate::segment::reserve_step(self.segment_size).max((HEADER_LEN + need) as u64);
-        let new =
-            match Segment::create(&*self.storage, &self.dir, new_id, w.next_seq, size, reserve) {
-                Ok(new) => new,
-                Err(e) => {
-                    // Nothing changed on disk (a full disk, say): the old segment stays active, so it
-                    // gets its writable mapping back; if even that fails, stop writing.
-                    if let Err(remap) = self.swap_mapping(w, state, writable_len, true) {
-                        self.poison
-                            .poison(format!("remapping the active segment failed: {remap}"));
-                    }
-                    return Err(e);
+        let start = crate::segment::SegmentStart {
+            base_seq: w.next_seq,
+            prev_log_id: w.active.id,
+            now_ms: now,
+        };
+        let new = match Segment::create(&*self.storage, &self.dir, new_id, start, size, reserve) {
+            Ok(new) => new,
+            Err(e) => {
+                // Nothing changed on disk (a full disk, say): the old segment stays active, so it
+                // gets its writable mapping back; if even that fails, stop writing.
+                if let Err(remap) = self.swap_mapping(w, state, writable_len, true) {
+                    self.poison
+                        .poison(format!("remapping the active segment failed: {remap}"));
                 }
-            };
+                return Err(e);
+            }
+        };
         crate::failpoint!("rotate.after_create");
         let new = Arc::new(new);
         self.prefaulter
@@ -450,12 +485,7 @@ impl Log {
             .file
             .map(len, writable)
             .map_err(|e| Error::io("mmap", &old.path, e))?;
-        let seg = Arc::new(Segment {
-            id: old.id,
-            path: old.path.clone(),
-            file: old.file.clone(),
-            map,
-        });
+        let seg = Arc::new(old.with_map(map));
         {
             let mut st = state.write().unwrap_or_else(|e| e.into_inner());
             if let Some(info) = st.segments.get_mut(&(seg.id as u32)) {

@@ -82,8 +82,12 @@ fn json_lines(s: &str) -> Vec<Json> {
 }
 
 /// Length of a single put record: prefix 8, kind 1, seq 8, ns 1, key and value lengths, expiry.
-fn put_len(key: usize, value: usize, ttl: bool) -> u64 {
-    (8 + 1 + 8 + 1 + 1 + 1 + key + value + if ttl { 8 } else { 0 }) as u64
+/// The length of a compact put (format version 2) of a short key and value, in a small segment
+/// (a 1-byte sequence delta) of a store whose clock is at a whole second (the expiry delta is
+/// the TTL).
+fn put_len(key: usize, value: usize, ttl_ms: Option<u64>) -> u64 {
+    let exp = ttl_ms.map_or(0, ttlstore::format::varint_len);
+    (8 + 1 + 1 + 1 + 1 + 1 + exp + key + value) as u64
 }
 
 /// A store with a known history, written at T0: returns the directory.
@@ -398,14 +402,16 @@ fn stats_match_what_was_written() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let s: Json = serde_json::from_str(&out.stdout).unwrap();
     let t = &s["total"];
-    let plain = put_len(2, 50, false);
-    let ttl = put_len(2, 50, true);
-    let filler = put_len(3, 50, true);
-    let queue = put_len(1, 1, false);
+    let plain = put_len(2, 50, None);
+    let minute = put_len(2, 50, Some(30_000));
+    let ttl =
+        5 * minute + 5 * put_len(2, 50, Some(7_200_000)) + 3 * put_len(2, 50, Some(864_000_000));
+    let filler = put_len(3, 50, Some(600_000));
+    let queue = put_len(1, 1, None);
     assert_eq!(t["records"]["put"], 10 + 5 + 5 + 3 + 60 + 2 + 1);
     assert_eq!(t["records"]["delete"], 1);
     assert_eq!(t["live_keys"], 9 + 5 + 5 + 3 + 60 + 1);
-    assert_eq!(t["live_bytes"], 9 * plain + 13 * ttl + 60 * filler + queue);
+    assert_eq!(t["live_bytes"], 9 * plain + ttl + 60 * filler + queue);
     assert_eq!(t["dead_bytes"], 3 * plain);
     assert_eq!(t["tombstone_bytes"], 8 + 1 + 8 + 1 + 1 + 2);
     assert_eq!(t["expired_bytes"], 0);
@@ -460,9 +466,9 @@ fn stats_match_what_was_written() {
     let s2: Json = serde_json::from_str(&later.stdout).unwrap();
     let t2 = &s2["total"];
     assert_eq!(t2["expired_keys"], 5);
-    assert_eq!(t2["expired_bytes"], 5 * ttl);
+    assert_eq!(t2["expired_bytes"], 5 * minute);
     assert_eq!(t2["live_keys"], 9 + 5 + 3 + 60 + 1);
-    assert_eq!(t2["reclaimable_bytes"], 3 * plain + 5 * ttl);
+    assert_eq!(t2["reclaimable_bytes"], 3 * plain + 5 * minute);
     assert_eq!(t2["expiry"]["within_minute"]["keys"], 0);
 
     let text = inspect(&["stats", p(dir.path()), "--time-at", &T0.to_string()]);
@@ -669,8 +675,10 @@ fn not_a_store_and_newer_versions_are_clear_errors() {
     let h = SegmentHeader {
         version: FORMAT_VERSION + 1,
         kind: 0,
+        prev_log_id: 0,
         segment_id: 1,
         base_seq: 1,
+        base_time_s: 0,
     };
     std::fs::write(seg_path(newer.path(), 1), h.encode()).unwrap();
     for cmd in ["verify", "dump", "stats"] {
@@ -702,14 +710,13 @@ fn verify_lists_unknown_files_bad_headers_and_wrong_ids() {
     drop(store);
     std::fs::write(dir.path().join("stray.bin"), b"?").unwrap();
     std::fs::write(dir.path().join("00000000000000000001.seg.tmp"), b"").unwrap();
-    // Segment 2's header claims to be segment 9.
-    let h = SegmentHeader {
-        version: FORMAT_VERSION,
-        kind: 0,
-        segment_id: 9,
-        base_seq: 1,
-    };
+    // Segment 2's header claims to be segment 9 (its bases kept: its compact records are decoded
+    // against them).
     let mut bytes = std::fs::read(seg_path(dir.path(), 2)).unwrap();
+    let h = SegmentHeader {
+        segment_id: 9,
+        ..SegmentHeader::decode(&bytes[..HEADER_LEN]).unwrap()
+    };
     bytes[..HEADER_LEN].copy_from_slice(&h.encode());
     std::fs::write(seg_path(dir.path(), 2), bytes).unwrap();
     // Segment 1's magic is gone.
