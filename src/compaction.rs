@@ -192,6 +192,12 @@ fn rewrite_pays(inner: &Inner, info: &SegmentInfo) -> bool {
     dead * remaining >= live * mean as f64 * REWRITE_PAYBACK
 }
 
+/// At a clean close (the workers stopped): writes the hint of every sealed segment that lacks
+/// one, the segment sealed by the close included.
+pub(crate) fn hints_at_close(inner: &Inner) -> Result<()> {
+    write_hints(inner, &mut CompactionReport::default())
+}
+
 fn write_hints(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     for (id, info) in sealed_snapshot(inner)
         .into_iter()

@@ -60,6 +60,7 @@ pub struct Options {
     pub(crate) verify_reads: bool,
     pub(crate) compaction_threshold: f64,
     pub(crate) background: bool,
+    pub(crate) seal_on_close: bool,
     pub(crate) expiry_horizon: Duration,
 }
 
@@ -74,6 +75,7 @@ impl fmt::Debug for Options {
             .field("verify_reads", &self.verify_reads)
             .field("compaction_threshold", &self.compaction_threshold)
             .field("background", &self.background)
+            .field("seal_on_close", &self.seal_on_close)
             .field("expiry_horizon", &self.expiry_horizon)
             .finish_non_exhaustive()
     }
@@ -98,6 +100,7 @@ impl Default for Options {
             verify_reads: true,
             compaction_threshold: 0.5,
             background: true,
+            seal_on_close: true,
             expiry_horizon: Duration::from_secs(600),
         }
     }
@@ -167,6 +170,15 @@ impl Options {
     /// minutes; zero rewrites such segments like any other.
     pub fn expiry_horizon(mut self, horizon: Duration) -> Self {
         self.expiry_horizon = horizon;
+        self
+    }
+
+    /// Seal the active segment when the last handle drops, if it holds at least 1/16 of the
+    /// segment size, and write its hint (default: true), so that the next open reads hint files
+    /// only instead of scanning the segment. Off: the segment stays active and the next open
+    /// scans it (as after a crash).
+    pub fn seal_on_close(mut self, on: bool) -> Self {
+        self.seal_on_close = on;
         self
     }
 

@@ -133,11 +133,8 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
     let mut hints = Vec::with_capacity(segs.len());
     let (mut records, mut words) = (0usize, 0usize);
     for (id, seg) in &segs {
-        let map = if Some(*id) == last_log {
-            None
-        } else {
-            hint::map(storage, dir, *id)?
-        };
+        // The last log segment has a hint only if a clean close sealed it (section 11).
+        let map = hint::map(storage, dir, *id)?;
         let sizes = map
             .as_deref()
             .and_then(|m| hint::sizes(crate::storage::mapped(m, 0, m.len())));
@@ -351,7 +348,10 @@ impl Replay<'_> {
         self.state.segments.insert(sid, info);
 
         let data = seg.bytes(0, seg.map.len());
-        if !is_active && self.replay_hint(id, data, hint_map)? {
+        // A valid hint of the last log segment means a clean close sealed it: it is replayed
+        // like any sealed segment and open starts a new active segment after it. Without one
+        // (or with a bad one) it is the active segment and scanned, its tail repaired.
+        if self.replay_hint(id, data, hint_map)? {
             return Ok(None);
         }
         let mut acc = SegAcc::default();

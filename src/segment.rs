@@ -92,6 +92,14 @@ pub const EARLY_ROTATION_DIVISOR: u64 = 20;
 /// would gain little and only multiply compaction work.
 pub const EARLY_ROTATION_DIVISOR_SPREAD: u64 = 10;
 
+/// The least data an active segment holds for a clean close to seal it and write its hint
+/// (1/16 of the segment size, 4 MiB for the default): a smaller one is cheaper to scan at the
+/// next open than to seal, and sealing it would leave many small segments behind a store that
+/// is opened and closed often.
+pub fn close_seal_min_bytes(segment_size: u64) -> u64 {
+    segment_size / 16
+}
+
 /// The least data an active segment holds before it may rotate early: 1/64 of the segment
 /// size (1 MiB for the default 64 MiB), so that rotation, a few fsyncs, stays rare.
 pub fn early_rotation_min_bytes(segment_size: u64) -> u64 {

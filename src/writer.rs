@@ -496,6 +496,35 @@ impl Log {
         Ok(())
     }
 
+    /// At a clean close: seals the active segment if it holds at least `min_bytes` of data
+    /// (`fdatasync`, then truncate to its data and `fsync`, as a rotation does, but without a
+    /// successor), so that its hint can be written and the next open reads the hint instead of
+    /// scanning the segment. Returns whether it sealed. Nothing may be appended afterwards: the
+    /// caller has stopped every writer.
+    pub fn seal_at_close(&self, state: &RwLock<State>, min_bytes: u64) -> Result<bool> {
+        let mut w = self.lock()?;
+        if ((w.tail - HEADER_LEN) as u64) < min_bytes.max(1) {
+            return Ok(false);
+        }
+        let tail = w.tail;
+        self.swap_mapping(&mut w, state, tail, false)?;
+        let result = w
+            .active
+            .file
+            .sync_data()
+            .map_err(|e| Error::io("fdatasync", &w.active.path, e))
+            .and_then(|()| self.seal(&w));
+        if let Err(e) = result {
+            self.poison.poison(format!("sealing at close failed: {e}"));
+            return Err(e);
+        }
+        let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(info) = st.segments.get_mut(&(w.active.id as u32)) {
+            info.sealed = true;
+        }
+        Ok(true)
+    }
+
     fn seal(&self, w: &WriterGuard<'_>) -> Result<()> {
         let old = &w.active;
         crate::failpoint!("rotate.before_seal");
