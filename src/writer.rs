@@ -166,9 +166,6 @@ impl Drop for Prefaulter {
     }
 }
 
-/// Sync rounds a group-commit leader leads for others after its own write is durable.
-const EXTRA_ROUNDS: u32 = 2;
-
 /// Keys of a record whose index lines are prefetched before it is encoded.
 const PREFETCH_OPS: usize = 16;
 
@@ -570,46 +567,23 @@ impl Log {
 
     fn sync_to(&self, pos: u64) -> Result<()> {
         let mut g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-        // Rounds this thread has led past the one that covered its own write.
-        let mut extra = 0;
         loop {
             if g.synced >= pos {
-                // Covered. While other writers wait on writes appended during that sync, lead
-                // one more round at once: they need not be woken to elect a leader, and the
-                // writers just released append during this sync, so every fdatasync covers
-                // what the previous one could not. Bounded, so that no writer leads forever.
-                if extra >= EXTRA_ROUNDS
-                    || self.waiters.load(Ordering::SeqCst) == 0
-                    || g.leader
-                    || self.poison.is_set()
-                {
-                    return Ok(());
-                }
-                let appended = self
-                    .writer
-                    .try_lock()
-                    .map(|w| w.appended)
-                    .unwrap_or(u64::MAX);
-                if appended <= g.synced {
-                    return Ok(());
-                }
-                extra += 1;
-            } else {
-                self.poison.check()?;
-                if g.leader {
-                    self.waiters.fetch_add(1, Ordering::SeqCst);
-                    g = self.synced_cv.wait(g).unwrap_or_else(|e| e.into_inner());
-                    self.waiters.fetch_sub(1, Ordering::SeqCst);
-                    continue;
-                }
+                return Ok(());
+            }
+            self.poison.check()?;
+            if g.leader {
+                self.waiters.fetch_add(1, Ordering::SeqCst);
+                g = self.synced_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                self.waiters.fetch_sub(1, Ordering::SeqCst);
+                continue;
             }
             g.leader = true;
             drop(g);
             // Let writers on their way append before the sync, so one fdatasync covers them:
             // yield while any holds or waits for the writer lock, and a few times more for
             // writers just woken by the previous sync. Bounded; a lone writer only pays the
-            // few yields, which return at once when nothing else is runnable. An extra round
-            // does not wait: its writes were appended during the previous sync.
+            // few yields, which return at once when nothing else is runnable.
             if self.waiters.load(Ordering::SeqCst) > 0 || self.appending.load(Ordering::SeqCst) > 0
             {
                 let waited = std::time::Instant::now();
@@ -628,15 +602,14 @@ impl Log {
             let result = self.sync_segment(&seg);
             g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
             g.leader = false;
+            self.synced_cv.notify_all();
             match result {
                 Ok(()) => g.synced = g.synced.max(target),
                 Err(e) => {
                     self.poison.poison(format!("fdatasync failed: {e}"));
-                    self.synced_cv.notify_all();
                     return Err(e);
                 }
             }
-            self.synced_cv.notify_all();
         }
     }
 
