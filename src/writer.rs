@@ -94,6 +94,8 @@ pub struct WriterState {
     pub next_seq: u64,
     /// Bytes appended since open: the log position that syncs are measured in.
     pub appended: u64,
+    /// Offset up to which the active segment's pages were handed to the prefaulter.
+    prefaulted: usize,
     value_offsets: Vec<usize>,
 }
 
@@ -103,9 +105,9 @@ struct SyncState {
     leader: bool,
 }
 
-/// Faults in the pages of the active segment's newly allocated space on another thread, ahead of
-/// the writer, so that an append is a copy into memory that is already mapped (page faults on
-/// fresh segment pages were about a seventh of an unsynced fill's time on the writer's thread).
+/// Faults in a window of the active segment's pages on another thread, ahead of the writer, so
+/// that an append is a copy into memory that is already mapped (page faults on fresh segment
+/// pages were about a seventh of an unsynced fill's time on the writer's thread).
 ///
 /// Purely a hint: a page the writer reaches first is faulted in by the write itself, and a
 /// prefault never changes a byte. The thread stops when the channel closes (the `Log` drops) and
@@ -165,6 +167,9 @@ impl Drop for Prefaulter {
         }
     }
 }
+
+/// Bytes of the active segment kept faulted in ahead of the writer (see [`Prefaulter`]).
+const PREFAULT_WINDOW: usize = 64 << 10;
 
 /// Keys of a record whose index lines are prefetched before it is encoded.
 const PREFETCH_OPS: usize = 16;
@@ -243,6 +248,7 @@ impl Log {
                 allocated,
                 next_seq,
                 appended: 0,
+                prefaulted: tail,
                 value_offsets: Vec::new(),
             }),
             sync: Mutex::new(SyncState::default()),
@@ -332,13 +338,17 @@ impl Log {
                 .file
                 .allocate(grown)
                 .map_err(|e| Error::io("fallocate", &w.active.path, e))?;
-            let start = w.allocated;
             w.allocated = grown;
-            self.prefaulter.prefault(
-                &w.active,
-                start as usize,
-                (grown - start.min(grown)) as usize,
-            );
+        }
+        // Keep a window of pages faulted in ahead of the writer. Only a window: prefaulted pages
+        // are dirty zeros, and those a rotation leaves unwritten are written back by its
+        // fdatasync (a whole growth step of zeros per rotation when all of it was prefaulted).
+        let ahead = (w.tail + len + PREFAULT_WINDOW / 2).min(w.allocated as usize);
+        if ahead > w.prefaulted {
+            let end = (w.prefaulted + PREFAULT_WINDOW).min(w.allocated as usize);
+            self.prefaulter
+                .prefault(&w.active, w.prefaulted, end - w.prefaulted);
+            w.prefaulted = end;
         }
         let seq = w.next_seq;
         let seg_id = w.active.id;
@@ -429,8 +439,6 @@ impl Log {
         };
         crate::failpoint!("rotate.after_create");
         let new = Arc::new(new);
-        self.prefaulter
-            .prefault(&new, HEADER_LEN, reserve.min(size) as usize - HEADER_LEN);
         // From here on a failure leaves the old segment unsealed: poison rather than guess.
         let sealed = self
             .seal(w)
@@ -456,6 +464,7 @@ impl Log {
         w.allocated = reserve.min(size);
         w.active = new;
         w.tail = HEADER_LEN;
+        w.prefaulted = HEADER_LEN;
         // Everything before the new segment is durable now.
         let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         s.synced = s.synced.max(w.appended);
