@@ -904,19 +904,20 @@ impl<'a> Record<'a> {
 mod tests {
     use super::*;
 
-    fn roundtrip(ops: &[EncOp<'_>]) {
-        let mut buf = vec![0u8; record_len(ops) + 16];
-        let n = record_len(ops);
-        let mut offs = Vec::new();
-        encode_record(&mut buf[..n], 7, 100, ops, &mut offs);
-        let rec = read_record(&buf, 0, 7).expect("valid");
-        assert_eq!(rec.len, n);
-        assert_eq!(rec.seq, 100);
-        let mut out = Vec::new();
-        rec.ops(&mut out).expect("decodes");
+    /// Checks decoded ops against what was encoded: sequences from `seq`, every field, and each
+    /// value at the offset the encoder reported (`offs`, relative to the record at `at` of
+    /// `bytes`).
+    fn check_decoded(
+        out: &[Op<'_>],
+        ops: &[EncOp<'_>],
+        seq: u64,
+        bytes: &[u8],
+        at: usize,
+        offs: &[usize],
+    ) {
         assert_eq!(out.len(), ops.len());
         for (i, (d, e)) in out.iter().zip(ops).enumerate() {
-            assert_eq!(d.seq, 100 + i as u64);
+            assert_eq!(d.seq, seq + i as u64);
             match *e {
                 EncOp::Put {
                     ns,
@@ -928,8 +929,8 @@ mod tests {
                         (d.kind, d.ns, d.key, d.value, d.expires_at),
                         (KIND_PUT, ns, key, value, expires_at)
                     );
-                    assert_eq!(&buf[d.value_offset..d.value_offset + value.len()], value);
                     assert_eq!(offs[i], d.value_offset);
+                    assert_eq!(&bytes[at + d.value_offset..][..value.len()], value);
                 }
                 EncOp::Delete { ns, key } => {
                     assert_eq!((d.kind, d.ns, d.key), (KIND_DELETE, ns, key))
@@ -946,6 +947,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn roundtrip(ops: &[EncOp<'_>]) {
+        let mut buf = vec![0u8; record_len(ops) + 16];
+        let n = record_len(ops);
+        let mut offs = Vec::new();
+        encode_record(&mut buf[..n], 7, 100, ops, &mut offs);
+        let rec = read_record(&buf, 0, 7).expect("valid");
+        assert_eq!(rec.len, n);
+        assert_eq!(rec.seq, 100);
+        let mut out = Vec::new();
+        rec.ops(&mut out).expect("decodes");
+        check_decoded(&out, ops, 100, &buf, 0, &offs);
         // Bound to the segment: the same bytes fail under another id.
         assert_eq!(
             read_record(&buf, 0, 8).unwrap_err(),
@@ -1064,36 +1078,7 @@ mod tests {
         assert_eq!((rec.len, rec.seq), (n, seq));
         let mut out = Vec::new();
         rec.ops(&mut out).expect("decodes");
-        assert_eq!(out.len(), ops.len());
-        for (i, (d, e)) in out.iter().zip(ops).enumerate() {
-            assert_eq!(d.seq, seq + i as u64);
-            match *e {
-                EncOp::Put {
-                    ns,
-                    key,
-                    value,
-                    expires_at,
-                } => {
-                    assert_eq!(
-                        (d.kind, d.ns, d.key, d.value, d.expires_at),
-                        (KIND_PUT, ns, key, value, expires_at)
-                    );
-                    assert_eq!(at + offs[i], at + d.value_offset);
-                    assert_eq!(&seg[at + d.value_offset..][..value.len()], value);
-                }
-                EncOp::Delete { ns, key } => {
-                    assert_eq!((d.kind, d.ns, d.key), (KIND_DELETE, ns, key))
-                }
-                EncOp::Expire {
-                    ns,
-                    key,
-                    target_seq,
-                } => assert_eq!(
-                    (d.kind, d.ns, d.key, d.target_seq),
-                    (KIND_EXPIRE, ns, key, target_seq)
-                ),
-            }
-        }
+        check_decoded(&out, ops, seq, &seg, at, &offs);
         assert_eq!(
             read_record(&seg, at, 10).unwrap_err(),
             RecordError::Corrupt(CorruptionKind::BadChecksum)
