@@ -165,6 +165,22 @@ fn new_table(n: usize) -> Vec<u64> {
     table
 }
 
+/// Starts loading the cache line that holds `items[i]` (nothing if `i` is out of range), so that
+/// a later access overlaps the memory latency with other work. A hint: it never changes memory.
+pub(crate) fn prefetch<T>(items: &[T], i: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if i < items.len() {
+        // SAFETY: `i < items.len()`, so the address lies inside the slice; a prefetch never
+        // faults and does not change memory.
+        unsafe {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            _mm_prefetch::<_MM_HINT_T0>(items.as_ptr().add(i).cast::<i8>());
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (items, i);
+}
+
 /// Inserts `bucket` (known absent) into a table that has room.
 fn table_insert(table: &mut [u64], bucket: u64) {
     let n = table.len();
@@ -464,18 +480,7 @@ impl Index {
     /// Starts loading the table line a lookup of the key will probe first, so that work done
     /// before the lookup (encoding and checksumming a record) overlaps the cache miss.
     pub fn prefetch(&self, ns: u8, key: &[u8]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let i = home(self.tag_of(ns, key), self.table.len());
-            // SAFETY: `i < table.len()` (`home` scales into `0..n`), so the address lies inside the
-            // table; a prefetch never faults and does not change memory.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(self.table.as_ptr().add(i).cast::<i8>());
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (ns, key);
+        prefetch(&self.table, home(self.tag_of(ns, key), self.table.len()));
     }
 
     /// The entry of a key.

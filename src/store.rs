@@ -274,22 +274,12 @@ impl fmt::Debug for Store {
 /// Starts loading the cache lines of `data[start..end]` (at most 16 of them) at once, so that
 /// checking a record's checksum waits for one memory access rather than one per line in turn.
 fn prefetch_lines(data: &[u8], start: usize, end: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let end = end.min(data.len()).min(start.saturating_add(16 * 64));
-        let mut at = start;
-        while at < end {
-            // SAFETY: `at < end <= data.len()`, so the address lies inside `data`; a prefetch
-            // never faults and does not change memory.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at).cast::<i8>());
-            }
-            at = (at | 63) + 1;
-        }
+    let end = end.min(start.saturating_add(16 * 64));
+    let mut at = start;
+    while at < end {
+        crate::index::prefetch(data, at);
+        at = (at | 63) + 1;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, start, end);
 }
 
 fn check_key(key: &[u8]) -> Result<()> {
