@@ -8,7 +8,10 @@
 //! [`SyncPolicy::Always`] it then waits until the log is durable up to its record's end. The first
 //! waiter to find no sync running becomes the leader: it notes how far the log has been appended,
 //! fdatasyncs once, and wakes every waiter that the sync covered. Writers keep appending while the
-//! leader syncs; the next leader covers them.
+//! leader syncs; the next leader covers them. A rotation's fdatasync of the old segment can run
+//! alongside a leader's; a successful sync is published only once every sync that overlapped it
+//! has succeeded as well (see `SyncState`), because the kernel reports a writeback error to just
+//! one of the syncs sharing a file description.
 //!
 //! # Rotation
 //! When a record does not fit, the active segment's data is fdatasynced; then the new segment is
@@ -99,10 +102,70 @@ pub struct WriterState {
     value_offsets: Vec<usize>,
 }
 
+/// Most fdatasyncs of the log that group commit keeps running at once. One: the disk does
+/// overlap flushes of distinct pages (8 threads each syncing its own pages: 31k syncs a second
+/// against 10k for one), but consecutive groups share the log's last page, and a second sync
+/// waits for the first one's writeback of that page. Measured with 8 durable writers: 2 running
+/// syncs gave 23k puts a second at 3.6 puts per sync, 1 gave 41k at 6.6.
+const MAX_RUNNING_SYNCS: usize = 1;
+
+/// Which fdatasyncs ran and what they made durable.
+///
+/// Syncs are numbered in the order they start (their tickets). A sync that succeeded makes its
+/// target durable only once every sync that ran at any moment alongside it has succeeded too: all
+/// syncs share the file's one open file description, and the kernel reports a writeback error to
+/// the first of them that checks, so the one that returns success may have lost pages to an error
+/// that another one received. A sync's target is therefore published when every ticket issued
+/// before it ended has succeeded; a failure poisons the store and publishes nothing more.
 #[derive(Debug, Default)]
 struct SyncState {
+    /// The log is durable up to here (published).
     synced: u64,
-    leader: bool,
+    /// Syncs running now, including ones about to start.
+    running: usize,
+    /// The highest target of a sync that is running.
+    running_target: u64,
+    /// The ticket of the next sync to start.
+    next_ticket: u64,
+    /// Every ticket below this has succeeded.
+    done_below: u64,
+    /// Tickets at or above `done_below` that have succeeded.
+    done_early: Vec<u64>,
+    /// Targets of succeeded syncs, each with the ticket count that must be reached by
+    /// `done_below` before it is published.
+    pending: Vec<(u64, u64)>,
+}
+
+impl SyncState {
+    /// Registers a sync of the log up to `target` that is about to start; returns its ticket.
+    fn start(&mut self, target: u64) -> u64 {
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.running_target = self.running_target.max(target);
+        ticket
+    }
+
+    /// Records that the sync with `ticket` succeeded, and publishes every target whose
+    /// overlapping syncs have all succeeded. The caller wakes the waiters.
+    fn succeeded(&mut self, ticket: u64, target: u64) {
+        self.done_early.push(ticket);
+        while let Some(i) = self.done_early.iter().position(|&t| t == self.done_below) {
+            self.done_early.swap_remove(i);
+            self.done_below += 1;
+        }
+        self.pending.push((self.next_ticket, target));
+        let done_below = self.done_below;
+        let mut synced = self.synced;
+        self.pending.retain(|&(need, target)| {
+            if need <= done_below {
+                synced = synced.max(target);
+                false
+            } else {
+                true
+            }
+        });
+        self.synced = synced;
+    }
 }
 
 /// Faults in a window of the active segment's pages on another thread, ahead of the writer, so
@@ -413,11 +476,24 @@ impl Log {
         // The old segment's data reaches the disk before the new segment exists, so a power
         // loss can never leave a torn record in a segment that is no longer the last one.
         crate::failpoint!("rotate.before_sync_old");
+        let ticket = self
+            .sync
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .start(w.appended);
         if let Err(e) = w.active.file.sync_data() {
             self.poison.poison(format!("fdatasync failed: {e}"));
+            self.synced_cv.notify_all();
             return Err(Error::io("fdatasync", &w.active.path, e));
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
+        // Everything in the old segment is durable now (published once the syncs that ran
+        // alongside this one have succeeded too).
+        {
+            let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+            s.succeeded(ticket, w.appended);
+            self.synced_cv.notify_all();
+        }
         let reserve =
             crate::segment::reserve_step(self.segment_size).max((HEADER_LEN + need) as u64);
         let start = crate::segment::SegmentStart {
@@ -465,11 +541,6 @@ impl Log {
         w.active = new;
         w.tail = HEADER_LEN;
         w.prefaulted = HEADER_LEN;
-        // Everything before the new segment is durable now.
-        let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-        s.synced = s.synced.max(w.appended);
-        self.synced_cv.notify_all();
-        drop(s);
         if let Some(tx) = self.on_seal.get() {
             let _ = tx.send(Msg::Wake);
         }
@@ -581,13 +652,14 @@ impl Log {
                 return Ok(());
             }
             self.poison.check()?;
-            if g.leader {
+            // Wait if a running sync will cover `pos`, or if as many syncs run as may.
+            if g.running_target >= pos || g.running >= MAX_RUNNING_SYNCS {
                 self.waiters.fetch_add(1, Ordering::SeqCst);
                 g = self.synced_cv.wait(g).unwrap_or_else(|e| e.into_inner());
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
                 continue;
             }
-            g.leader = true;
+            g.running += 1;
             drop(g);
             // Let writers on their way append before the sync, so one fdatasync covers them:
             // yield while any holds or waits for the writer lock, and a few times more for
@@ -608,17 +680,22 @@ impl Log {
                 let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
                 (w.active.clone(), w.appended)
             };
+            let ticket = {
+                let mut g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                g.start(target)
+            };
             let result = self.sync_segment(&seg);
             g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-            g.leader = false;
-            self.synced_cv.notify_all();
+            g.running -= 1;
             match result {
-                Ok(()) => g.synced = g.synced.max(target),
+                Ok(()) => g.succeeded(ticket, target),
                 Err(e) => {
                     self.poison.poison(format!("fdatasync failed: {e}"));
+                    self.synced_cv.notify_all();
                     return Err(e);
                 }
             }
+            self.synced_cv.notify_all();
         }
     }
 
@@ -710,5 +787,52 @@ fn as_op<'a>(op: &EncOp<'a>, seq: u64, value_offset: usize) -> Op<'a> {
             expires_at: None,
             target_seq,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SyncState;
+
+    #[test]
+    fn a_sync_is_published_at_once_when_nothing_overlapped_it() {
+        let mut s = SyncState::default();
+        let t = s.start(10);
+        s.succeeded(t, 10);
+        assert_eq!(s.synced, 10);
+        let t = s.start(25);
+        s.succeeded(t, 25);
+        assert_eq!(s.synced, 25);
+    }
+
+    #[test]
+    fn a_sync_waits_for_every_sync_that_overlapped_it() {
+        let mut s = SyncState::default();
+        let first = s.start(10);
+        let second = s.start(20);
+        // The second ends first: the first may yet fail (and may have taken the error report
+        // for pages the second covered), so nothing is published.
+        s.succeeded(second, 20);
+        assert_eq!(s.synced, 0);
+        // A third starts while the first still runs.
+        let third = s.start(30);
+        s.succeeded(first, 10);
+        // The first and second are published; the third overlapped the first but the first
+        // ended before the third did, so the second's target is all that is known durable.
+        assert_eq!(s.synced, 20);
+        s.succeeded(third, 30);
+        assert_eq!(s.synced, 30);
+    }
+
+    #[test]
+    fn nothing_is_published_after_a_sync_that_never_succeeded() {
+        let mut s = SyncState::default();
+        let failed = s.start(10);
+        let other = s.start(20);
+        s.succeeded(other, 20);
+        let _ = failed; // it failed: the store is poisoned and the ticket never completes
+        let later = s.start(30);
+        s.succeeded(later, 30);
+        assert_eq!(s.synced, 0);
     }
 }
