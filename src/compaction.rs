@@ -15,12 +15,14 @@
 //!    and the directory fsynced; then index entries that still point at the copied records are
 //!    repointed (a short write lock), and the inputs are unlinked.
 //!
-//! **Tombstones.** A delete or expire record for key `k` with sequence `s` may be dropped only if
-//! no other segment that could hold an older record of `k` remains: no segment other than the
-//! tombstone's own has both a smallest sequence below `s` and `k`'s hash in its key filter. Other
-//! inputs of the same rewrite with a larger id count as remaining: inputs are unlinked one by one
-//! in id order, and a stop between two unlinks must not leave an older record without its
-//! tombstone. Such a tombstone is copied
+//! **Tombstones.** A delete of key `k` with sequence `s` hides the records of `k` below `s`; an
+//! expire record hides those below the write it expired (that write's own record says it has
+//! expired; see [`hides_below`]). A tombstone hiding below `h` may be dropped only if no other
+//! segment that could hold a record it hides remains: no segment other than the tombstone's own
+//! has both a smallest sequence below `h` and, in its key filter, `k`'s hash with a sequence below
+//! `h`. Other inputs of the same rewrite with a larger id count as remaining: inputs are unlinked
+//! one by one in id order, and a stop between two unlinks must not leave a hidden record without
+//! its tombstone. Such a tombstone is copied
 //! forward and dropped by a later pass, once the older record's segment is gone. Crash
 //! safety: every step leaves a directory that opens with the same contents (FORMAT.md,
 //! "Compaction").
@@ -28,11 +30,11 @@
 use crate::error::{Error, Result};
 use crate::format::{self, EncOp, HEADER_LEN, Op, SEGMENT_KIND_COMPACTED};
 use crate::hint::{self, HintEntry};
-use crate::segment::{self, Segment, SegmentInfo, key_hash, put_cost};
+use crate::segment::{self, KeyFilter, Segment, SegmentInfo, key_hash, put_cost};
 use crate::state::State;
 use crate::storage::OpenMode;
 use crate::store::Inner;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -222,31 +224,45 @@ fn write_hints(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     Ok(())
 }
 
+/// Builds the key filter of every sealed segment without one, if any tombstone will be checked:
+/// a store that never deleted nor expired a key needs none (and keeps no memory for them).
 fn build_filters(inner: &Inner) -> Result<()> {
-    for (id, info) in sealed_snapshot(inner)
-        .into_iter()
-        .filter(|(_, i)| i.key_filter.is_none())
-    {
+    let sealed = sealed_snapshot(inner);
+    if !sealed.iter().any(|(_, i)| i.tombstone_bytes > 0) {
+        return Ok(());
+    }
+    for (id, info) in sealed.into_iter().filter(|(_, i)| i.key_filter.is_none()) {
         let hb = hint_bytes(inner, &info.seg, info.has_hint)?;
-        let mut hashes: Vec<u32> = segment_ops(&info.seg, info.end(), hb.as_deref())?
+        let records: Vec<(u32, u64)> = segment_ops(&info.seg, info.end(), hb.as_deref())?
             .iter()
-            .map(|(_, op)| key_hash(op.ns, op.key))
+            .map(|(_, op)| (key_hash(op.ns, op.key), op.seq))
             .collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        hashes.shrink_to_fit();
+        let filter = KeyFilter::new(&records);
         let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = st.segments.get_mut(&id) {
-            i.key_filter = Some(Arc::new(hashes));
+            i.key_filter = Some(Arc::new(filter));
         }
     }
     Ok(())
 }
 
-/// True if a tombstone for (`ns`, `key`) with sequence `seq`, held by segment `own`, must be
-/// kept when `own` goes away.
-fn tombstone_needed(st: &State, own: u32, ns: u8, key: &[u8], seq: u64) -> bool {
-    tombstone_needed_besides(st, own, |_| false, ns, key, seq)
+/// The sequence below which records of a tombstone's key must stay hidden by it: a delete hides
+/// every older record; an expire hides the records older than the write it expired. That write
+/// needs no tombstone to stay hidden: its own record carries the expiry that has passed, and
+/// replay never serves a key past its expiry. (The expirer writes an expire record only for the
+/// key's current write, so its key has no records between that write and the tombstone.)
+fn hides_below(op: &Op<'_>) -> u64 {
+    if op.kind == format::KIND_EXPIRE {
+        op.target_seq
+    } else {
+        op.seq
+    }
+}
+
+/// True if a tombstone for (`ns`, `key`) that hides the records of its key below sequence
+/// `below` ([`hides_below`]), held by segment `own`, must be kept when `own` goes away.
+fn tombstone_needed(st: &State, own: u32, ns: u8, key: &[u8], below: u64) -> bool {
+    tombstone_needed_besides(st, own, |_| false, ns, key, below)
 }
 
 /// As [`tombstone_needed`], not counting the segments for which `gone` is true: inputs of the
@@ -257,17 +273,17 @@ fn tombstone_needed_besides(
     gone: impl Fn(u32) -> bool,
     ns: u8,
     key: &[u8],
-    seq: u64,
+    below: u64,
 ) -> bool {
     let h = key_hash(ns, key);
     st.segments.iter().any(|(id, info)| {
         *id != own
             && !gone(*id)
-            && info.min_seq < seq
+            && info.min_seq < below
             && info
                 .key_filter
                 .as_ref()
-                .is_none_or(|f| f.binary_search(&h).is_ok())
+                .is_none_or(|f| f.may_hold_older(h, below))
     })
 }
 
@@ -304,7 +320,7 @@ fn drop_dead(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                 segment_ops(&info.seg, info.end(), hb.as_deref())?
                     .iter()
                     .filter(|(_, op)| op.kind != format::KIND_PUT)
-                    .map(|(_, op)| (op.ns, op.key.to_vec(), op.seq))
+                    .map(|(_, op)| (op.ns, op.key.to_vec(), hides_below(op)))
                     .collect();
             let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
             if tombstones
@@ -405,7 +421,7 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                 |other| removing.contains(&other) && other < *id,
                 op.ns,
                 op.key,
-                op.seq,
+                hides_below(&op),
             ) {
                 report.tombstones_kept += 1;
                 copies.push(Copy {
@@ -454,6 +470,12 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
         while end < copies.len() {
             let len = format::record_len_at(&base, copies[end].seq, &[enc(&copies[end])]);
             if end > start && size + len > segment_size {
+                break;
+            }
+            // Kept tombstones (sorted after every put with an expiry) go to outputs of their
+            // own: one in an output of short-lived puts would give it a hint and could keep it
+            // on disk after its puts expired, until the tombstone is no longer needed.
+            if end > start && copies[end].tombstone.is_some() != copies[start].tombstone.is_some() {
                 break;
             }
             if let (Some(span), Some(first), Some(e)) =
@@ -570,7 +592,7 @@ fn write_output(
     let mut positions = Vec::with_capacity(copies.len());
     let mut offs = Vec::with_capacity(1);
     let mut at = HEADER_LEN;
-    let mut keys = BTreeSet::new();
+    let mut keys = Vec::with_capacity(copies.len());
     let mut seqs = (u64::MAX, 0u64);
     let mut max_expiry = 0;
     let mut has_persistent = false;
@@ -581,7 +603,7 @@ fn write_output(
         offs.clear();
         format::encode_record_at(&mut buf[at..at + len], base, id, c.seq, &op, &mut offs);
         positions.push((at, at + offs[0]));
-        keys.insert(key_hash(c.ns, c.key));
+        keys.push((key_hash(c.ns, c.key), c.seq));
         seqs = (seqs.0.min(c.seq), seqs.1.max(c.seq));
         match (c.tombstone, c.expires_at) {
             (Some(_), _) => tombstone_bytes += len as u64,
@@ -650,7 +672,7 @@ fn write_output(
     info.max_expiry = max_expiry;
     info.has_persistent = has_persistent;
     info.tombstone_bytes = tombstone_bytes;
-    info.key_filter = Some(Arc::new(keys.into_iter().collect()));
+    info.key_filter = Some(Arc::new(KeyFilter::new(&keys)));
     report.segments_written += 1;
     report.bytes_written += (size + hint_bytes.as_ref().map_or(0, Vec::len)) as u64;
     Ok((seg, info, positions))

@@ -358,8 +358,9 @@ pub struct SegmentInfo {
     pub max_seq: u64,
     /// True once a valid hint file exists for it.
     pub has_hint: bool,
-    /// Hashes of every key it holds a record for, built when compaction first needs them.
-    pub key_filter: Option<Arc<Vec<u32>>>,
+    /// Every key it holds a record for, as (key hash, smallest sequence of a record of a key
+    /// with that hash here), sorted; built when compaction first needs it.
+    pub key_filter: Option<Arc<KeyFilter>>,
 }
 
 impl SegmentInfo {
@@ -399,6 +400,42 @@ impl SegmentInfo {
     /// Offset one past the last record.
     pub fn end(&self) -> usize {
         HEADER_LEN + self.data_bytes as usize
+    }
+}
+
+/// The keys a segment holds records for, with the oldest sequence of each, for the tombstone
+/// checks of compaction: one sorted `u64` per distinct key hash, the hash in the high 32 bits and
+/// in the low 32 the smallest sequence of a record of a key with that hash here, as an offset from
+/// the smallest sequence of the records given, capped at `u32::MAX`. The cap and hash collisions
+/// (keys sharing a hash share the smaller sequence) only ever make a sequence look older, which
+/// errs on the side of keeping a tombstone. 8 bytes per distinct key.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    base: u64,
+    pairs: Vec<u64>,
+}
+
+impl KeyFilter {
+    /// The filter of records given as (key hash, sequence) pairs, in any order.
+    pub fn new(records: &[(u32, u64)]) -> KeyFilter {
+        let base = records.iter().map(|r| r.1).min().unwrap_or(0);
+        let mut pairs: Vec<u64> = records
+            .iter()
+            .map(|&(h, seq)| (u64::from(h) << 32) | (seq - base).min(u64::from(u32::MAX)))
+            .collect();
+        // Sorted by hash, then offset: the first pair of each hash has its smallest sequence.
+        pairs.sort_unstable();
+        pairs.dedup_by_key(|p| *p >> 32);
+        pairs.shrink_to_fit();
+        KeyFilter { base, pairs }
+    }
+
+    /// True if the segment may hold a record of a key with hash `hash` and a sequence below
+    /// `seq`.
+    pub fn may_hold_older(&self, hash: u32, seq: u64) -> bool {
+        self.pairs
+            .binary_search_by_key(&hash, |p| (p >> 32) as u32)
+            .is_ok_and(|i| self.base + (self.pairs[i] & u64::from(u32::MAX)) < seq)
     }
 }
 

@@ -262,3 +262,105 @@ fn deleted_keys_never_come_back_after_compaction_and_reopen() {
     let store = Store::open_with(dir.path(), o()).unwrap();
     check(&store);
 }
+
+#[test]
+fn an_expired_write_never_uncovers_an_older_one_after_compaction_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let o = || opts(&clock, false);
+    let store = Store::open_with(dir.path(), o()).unwrap();
+    // Early segments: long-lived filler with each victim's first write (no TTL) among it, so
+    // those segments stay and keep the old records.
+    for i in 0..300 {
+        store
+            .put(format!("filler{i:04}").as_bytes(), &[2; 400])
+            .unwrap();
+        store.put(&key(i), &[1; 10]).unwrap();
+    }
+    // Later segments: even victims written again with a TTL, among short-lived data, so those
+    // segments die whole once it passes; the expire records then hide the first writes.
+    for i in 0..300 {
+        if i % 2 == 0 {
+            store
+                .put_with_ttl(&key(i), &[9; 10], Duration::from_secs(5))
+                .unwrap();
+        }
+        store
+            .put_with_ttl(
+                format!("temp{i:04}").as_bytes(),
+                &[3; 200],
+                Duration::from_secs(5),
+            )
+            .unwrap();
+    }
+    store.put(b"tail", &[0; 16 << 10]).unwrap();
+    clock.advance(Duration::from_secs(6));
+    let check = |store: &Store| {
+        for i in 0..300 {
+            let got = store.get(&key(i)).unwrap();
+            if i % 2 == 0 {
+                assert_eq!(got, None, "key {i}: its first write came back");
+            } else {
+                assert_eq!(got.unwrap(), vec![1; 10]);
+            }
+        }
+        assert_eq!(store.scan_prefix(b"filler").count(), 300);
+    };
+    // The expiry pass writes the expire records; more data seals the segment they are in.
+    store.compact().unwrap();
+    store.put(b"tail", &[0; 16 << 10]).unwrap();
+    for _ in 0..5 {
+        store.compact().unwrap();
+    }
+    check(&store);
+    drop(store);
+    let store = Store::open_with(dir.path(), o()).unwrap();
+    check(&store);
+    for _ in 0..5 {
+        store.compact().unwrap();
+    }
+    drop(store);
+    let store = Store::open_with(dir.path(), o()).unwrap();
+    check(&store);
+}
+
+#[test]
+fn expire_records_of_keys_written_once_are_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let o = || opts(&clock, false);
+    let store = Store::open_with(dir.path(), o()).unwrap();
+    // Each key written once with a TTL, beside long-lived keys in the same segments, so that
+    // the segments holding the expired writes stay: an expire record needs to hide nothing but
+    // the write it expired, whose own record says it has expired.
+    for i in 0..300 {
+        store
+            .put(format!("filler{i:04}").as_bytes(), &[2; 100])
+            .unwrap();
+        store
+            .put_with_ttl(&key(i), &[1; 100], Duration::from_secs(5))
+            .unwrap();
+    }
+    store.put(b"tail", &[0; 16 << 10]).unwrap();
+    clock.advance(Duration::from_secs(6));
+    store.compact().unwrap();
+    store.put(b"tail", &[0; 16 << 10]).unwrap();
+    let (mut kept, mut dropped) = (0, 0);
+    for _ in 0..5 {
+        let r = store.compact().unwrap();
+        kept += r.tombstones_kept;
+        dropped += r.tombstones_dropped;
+    }
+    assert_eq!(kept, 0);
+    assert!(dropped > 0, "no expire record was dropped");
+    let check = |store: &Store| {
+        for i in 0..300 {
+            assert_eq!(store.get(&key(i)).unwrap(), None, "key {i} came back");
+        }
+        assert_eq!(store.scan_prefix(b"filler").count(), 300);
+    };
+    check(&store);
+    drop(store);
+    let store = Store::open_with(dir.path(), o()).unwrap();
+    check(&store);
+}
