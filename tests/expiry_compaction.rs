@@ -206,25 +206,26 @@ fn rewrite_keeps_live_data_and_reopens_from_hints() {
     check(&store);
 }
 
-#[test]
-fn deleted_keys_never_come_back_after_compaction_and_reopen() {
+/// Victims `key(i)` are written first (no TTL) among long-lived filler, so those early segments
+/// stay and keep the victims' first records; `hide` then hides each even victim (a delete, or a
+/// write with a TTL that passes) among short-lived data, so the later segments die whole and only
+/// their tombstones keep the first records hidden. With `seal_tombstones`, an expiry pass and more
+/// data first seal the segment the expiry pass wrote its expire records into. Checked after
+/// compactions, a reopen, more compactions and another reopen: no even victim comes back.
+fn hidden_first_writes_never_come_back(hide: impl Fn(&Store, &[u8]), seal_tombstones: bool) {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(T0));
     let o = || opts(&clock, false);
     let store = Store::open_with(dir.path(), o()).unwrap();
-    // Early segments: large long-lived filler with small victims among it, so deleting the
-    // victims leaves those segments mostly live (no rewrite) and their old victim records stay.
     for i in 0..300 {
         store
             .put(format!("filler{i:04}").as_bytes(), &[2; 400])
             .unwrap();
         store.put(&key(i), &[1; 10]).unwrap();
     }
-    // Later segments: the deletes, among short-lived data that expires, so those segments die
-    // whole and only their tombstones could keep them.
     for i in 0..300 {
         if i % 2 == 0 {
-            store.delete(&key(i)).unwrap();
+            hide(&store, &key(i));
         }
         store
             .put_with_ttl(
@@ -236,11 +237,15 @@ fn deleted_keys_never_come_back_after_compaction_and_reopen() {
     }
     store.put(b"tail", &[0; 16 << 10]).unwrap();
     clock.advance(Duration::from_secs(6));
+    if seal_tombstones {
+        store.compact().unwrap();
+        store.put(b"tail", &[0; 16 << 10]).unwrap();
+    }
     let check = |store: &Store| {
         for i in 0..300 {
             let got = store.get(&key(i)).unwrap();
             if i % 2 == 0 {
-                assert_eq!(got, None, "key {i} came back");
+                assert_eq!(got, None, "key {i}: its first write came back");
             } else {
                 assert_eq!(got.unwrap(), vec![1; 10]);
             }
@@ -264,64 +269,25 @@ fn deleted_keys_never_come_back_after_compaction_and_reopen() {
 }
 
 #[test]
+fn deleted_keys_never_come_back_after_compaction_and_reopen() {
+    hidden_first_writes_never_come_back(
+        |store, k| {
+            store.delete(k).unwrap();
+        },
+        false,
+    );
+}
+
+#[test]
 fn an_expired_write_never_uncovers_an_older_one_after_compaction_and_reopen() {
-    let dir = tempfile::tempdir().unwrap();
-    let clock = Arc::new(ManualClock::new(T0));
-    let o = || opts(&clock, false);
-    let store = Store::open_with(dir.path(), o()).unwrap();
-    // Early segments: long-lived filler with each victim's first write (no TTL) among it, so
-    // those segments stay and keep the old records.
-    for i in 0..300 {
-        store
-            .put(format!("filler{i:04}").as_bytes(), &[2; 400])
-            .unwrap();
-        store.put(&key(i), &[1; 10]).unwrap();
-    }
-    // Later segments: even victims written again with a TTL, among short-lived data, so those
-    // segments die whole once it passes; the expire records then hide the first writes.
-    for i in 0..300 {
-        if i % 2 == 0 {
+    hidden_first_writes_never_come_back(
+        |store, k| {
             store
-                .put_with_ttl(&key(i), &[9; 10], Duration::from_secs(5))
+                .put_with_ttl(k, &[9; 10], Duration::from_secs(5))
                 .unwrap();
-        }
-        store
-            .put_with_ttl(
-                format!("temp{i:04}").as_bytes(),
-                &[3; 200],
-                Duration::from_secs(5),
-            )
-            .unwrap();
-    }
-    store.put(b"tail", &[0; 16 << 10]).unwrap();
-    clock.advance(Duration::from_secs(6));
-    let check = |store: &Store| {
-        for i in 0..300 {
-            let got = store.get(&key(i)).unwrap();
-            if i % 2 == 0 {
-                assert_eq!(got, None, "key {i}: its first write came back");
-            } else {
-                assert_eq!(got.unwrap(), vec![1; 10]);
-            }
-        }
-        assert_eq!(store.scan_prefix(b"filler").count(), 300);
-    };
-    // The expiry pass writes the expire records; more data seals the segment they are in.
-    store.compact().unwrap();
-    store.put(b"tail", &[0; 16 << 10]).unwrap();
-    for _ in 0..5 {
-        store.compact().unwrap();
-    }
-    check(&store);
-    drop(store);
-    let store = Store::open_with(dir.path(), o()).unwrap();
-    check(&store);
-    for _ in 0..5 {
-        store.compact().unwrap();
-    }
-    drop(store);
-    let store = Store::open_with(dir.path(), o()).unwrap();
-    check(&store);
+        },
+        true,
+    );
 }
 
 #[test]
