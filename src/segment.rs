@@ -481,6 +481,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn key_filter_keeps_each_hash_with_its_oldest_sequence() {
+        let f = KeyFilter::new(&[(7, 120), (3, 100), (7, 105), (9, 300)]);
+        assert!(f.may_hold_older(7, 106));
+        assert!(!f.may_hold_older(7, 105));
+        assert!(f.may_hold_older(3, 101));
+        assert!(!f.may_hold_older(3, 100));
+        assert!(!f.may_hold_older(4, u64::MAX));
+        assert!(!KeyFilter::new(&[]).may_hold_older(0, u64::MAX));
+    }
+
+    #[test]
+    fn key_filter_caps_far_sequences_toward_older() {
+        // An offset past u32::MAX is stored capped: the sequence looks older than it is, which
+        // only ever keeps a tombstone, never drops one.
+        let far = 10 + (1u64 << 33);
+        let f = KeyFilter::new(&[(1, 10), (2, far)]);
+        assert!(f.may_hold_older(2, far + 1));
+        assert!(f.may_hold_older(2, far));
+        assert!(!f.may_hold_older(1, 10));
+    }
+
+    #[test]
     fn names_roundtrip() {
         assert_eq!(file_name(42), "00000000000000000042.seg");
         assert_eq!(parse_file_name(&file_name(42)), Some(42));
