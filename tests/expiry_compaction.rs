@@ -206,6 +206,13 @@ fn rewrite_keeps_live_data_and_reopens_from_hints() {
     check(&store);
 }
 
+/// Runs an expiry pass (it writes the expire records of every due key into the active segment),
+/// then writes more than a segment holds, which seals that segment so compaction can reach it.
+fn expire_and_seal(store: &Store) {
+    store.compact().unwrap();
+    store.put(b"tail", &[0; 16 << 10]).unwrap();
+}
+
 /// Victims `key(i)` are written first (no TTL) among long-lived filler, so those early segments
 /// stay and keep the victims' first records; `hide` then hides each even victim (a delete, or a
 /// write with a TTL that passes) among short-lived data, so the later segments die whole and only
@@ -238,8 +245,7 @@ fn hidden_first_writes_never_come_back(hide: impl Fn(&Store, &[u8]), seal_tombst
     store.put(b"tail", &[0; 16 << 10]).unwrap();
     clock.advance(Duration::from_secs(6));
     if seal_tombstones {
-        store.compact().unwrap();
-        store.put(b"tail", &[0; 16 << 10]).unwrap();
+        expire_and_seal(&store);
     }
     let check = |store: &Store| {
         for i in 0..300 {
@@ -309,8 +315,7 @@ fn expire_records_of_keys_written_once_are_not_kept() {
     }
     store.put(b"tail", &[0; 16 << 10]).unwrap();
     clock.advance(Duration::from_secs(6));
-    store.compact().unwrap();
-    store.put(b"tail", &[0; 16 << 10]).unwrap();
+    expire_and_seal(&store);
     let (mut kept, mut dropped) = (0, 0);
     for _ in 0..5 {
         let r = store.compact().unwrap();
