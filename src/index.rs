@@ -25,6 +25,8 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::hash::{BuildHasher, Hasher};
 
+use crate::words::Words;
+
 /// Most slots a leaf of the ordered list holds before it is split.
 pub const LEAF_MAX: usize = 512;
 
@@ -274,8 +276,9 @@ fn sort_pairs(pairs: Vec<u64>) -> Vec<u64> {
 
 /// The index. Not synchronised: the store keeps it behind its lock.
 pub struct Index {
-    /// Records; word 0 is never a record, so a bucket of 0 means empty.
-    arena: Vec<u64>,
+    /// Records; word 0 is never a record, so a bucket of 0 means empty. It grows in place
+    /// (see [`Words`]).
+    arena: Words,
     /// Words of dead records in `arena`.
     garbage: usize,
     /// Buckets: tag in the high 32 bits, record offset in the low 32; 0 for empty.
@@ -287,8 +290,6 @@ pub struct Index {
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
     heap_stale: usize,
     live: usize,
-    /// Arena capacity when [`advise_huge_pages`] last saw it.
-    advised_cap: usize,
     /// Dead words below which the arena is not compacted (a constant but in tests).
     compact_min: usize,
 }
@@ -311,7 +312,11 @@ impl Index {
     /// An empty index.
     pub fn new() -> Self {
         Index {
-            arena: vec![0],
+            arena: {
+                let mut arena = Words::new();
+                arena.push(0);
+                arena
+            },
             garbage: 0,
             table: vec![0; MIN_BUCKETS],
             hasher: hashbrown::DefaultHashBuilder::default(),
@@ -320,7 +325,6 @@ impl Index {
             heap: BinaryHeap::new(),
             heap_stale: 0,
             live: 0,
-            advised_cap: 0,
             compact_min: COMPACT_MIN_WORDS,
         }
     }
@@ -563,7 +567,6 @@ impl Index {
         }
         if self.arena.capacity() > self.arena.len() + self.arena.len() / 8 {
             self.arena.shrink_to_fit();
-            self.arena_moved();
         }
     }
 
@@ -650,7 +653,6 @@ impl Index {
             "index arena full"
         );
         self.arena.resize(end, 0);
-        self.arena_moved();
         *self.entry_mut(off as u32) = entry;
         let p = off * 8 + ENTRY_WORDS * 8;
         let bytes = self.bytes_mut();
@@ -872,7 +874,7 @@ impl Index {
 
     /// Copies the live records into a new arena and remaps every offset (table, leaves, heap).
     fn compact_arena(&mut self) {
-        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        let mut arena = Words::with_capacity(self.arena.len() - self.garbage);
         arena.push(0);
         let mut off = 1;
         while off < self.arena.len() {
@@ -896,16 +898,7 @@ impl Index {
             }
         }
         self.garbage = 0;
-        self.arena_moved();
         self.rebuild_heap();
-    }
-
-    /// Re-advises the arena after a reallocation may have moved or grown it.
-    fn arena_moved(&mut self) {
-        if self.arena.capacity() != self.advised_cap {
-            self.advised_cap = self.arena.capacity();
-            advise_huge_pages(&self.arena);
-        }
     }
 
     /// Bytes of memory the index holds (capacity, not just use), for statistics.
@@ -940,7 +933,6 @@ impl Index {
         debug_assert!(self.live == 0 && self.arena.len() == 1);
         self.bulk = true;
         self.arena.reserve_exact(words);
-        self.arena_moved();
         Staged {
             pairs: Vec::with_capacity(records),
         }

@@ -22,7 +22,8 @@
 //! - [`store`](Store): the API; [`batch`](WriteBatch): atomic batches;
 //! - [`format`]: every on-disk byte (see `FORMAT.md`); `segment`: segment files; `writer`: the append
 //!   path and group commit; `recovery`: open and replay; `index`: the in-memory index and expiry
-//!   heap; `state`: applying a logged operation to the index;
+//!   heap (its record arena grows in place: `words`); `state`: applying a logged operation to the
+//!   index;
 //! - [`storage`]: the file-system trait all I/O goes through; [`clock`](Clock): time.
 
 #![deny(missing_docs)]
@@ -51,6 +52,7 @@ mod state;
 pub mod storage;
 mod store;
 pub mod thread;
+mod words;
 mod writer;
 
 pub use batch::{Expiry, WriteBatch};
