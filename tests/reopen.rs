@@ -264,3 +264,68 @@ fn a_close_that_stopped_before_the_hint_leaves_a_segment_that_open_scans_and_ext
     assert_eq!(store.get(&key(0)).unwrap().unwrap(), b"second");
     assert_eq!(store.get(&key(1999)).unwrap().unwrap(), b"first");
 }
+
+/// A value that tells its key and version apart from every other.
+fn fill_value(i: u32, version: u32) -> Vec<u8> {
+    format!("value-{i}-{version}-").repeat(6).into_bytes()
+}
+
+/// Segments large enough that the writer hands finished pages to write-behind (a step is 1 MiB)
+/// many times, under both unsynced policies: values in those pages read back while their
+/// segment is still active, after it was sealed, and after a reopen, and overwrites in later
+/// segments win.
+#[test]
+fn pages_written_behind_read_back_during_the_fill_and_after_reopen() {
+    for policy in [
+        SyncPolicy::Never,
+        SyncPolicy::Interval(Duration::from_millis(5)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let o = || {
+            opts(&clock, true)
+                .sync(policy)
+                .segment_size(4 << 20)
+                .compaction_threshold(0.9)
+        };
+        const KEYS: u32 = 60_000;
+        {
+            let store = Store::open_with(dir.path(), o()).unwrap();
+            for version in 0..2u32 {
+                for i in 0..KEYS {
+                    store.put(&key(i), &fill_value(i, version)).unwrap();
+                    // Now and then, read back keys written a while ago (their pages are behind
+                    // the writer by then) and the one just written.
+                    if i % 997 == 0 {
+                        for back in [0, 1 << 10, 5 << 10, 20 << 10] {
+                            let Some(j) = i.checked_sub(back) else {
+                                continue;
+                            };
+                            assert_eq!(
+                                store.get(&key(j)).unwrap().unwrap(),
+                                fill_value(j, version),
+                                "{policy:?}: key {j} during version {version}"
+                            );
+                        }
+                    }
+                }
+            }
+            assert!(
+                store.stats().bytes_appended > 3 * (4 << 20),
+                "the fill spans several segments"
+            );
+            for i in 0..KEYS {
+                assert_eq!(store.get(&key(i)).unwrap().unwrap(), fill_value(i, 1));
+            }
+        }
+        let store = Store::open_with(dir.path(), o()).unwrap();
+        assert_eq!(store.stats().live_keys, u64::from(KEYS));
+        for i in 0..KEYS {
+            assert_eq!(
+                store.get(&key(i)).unwrap().unwrap(),
+                fill_value(i, 1),
+                "{policy:?}: key {i} after reopen"
+            );
+        }
+    }
+}

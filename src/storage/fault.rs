@@ -172,4 +172,7 @@ impl StorageFile for FaultFile {
         self.faults.check(FaultKind::Read)?;
         self.inner.map(len, writable)
     }
+    fn start_writeback(&self, offset: u64, len: u64) {
+        self.inner.start_writeback(offset, len);
+    }
 }

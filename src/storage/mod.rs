@@ -87,6 +87,13 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
     fn sync_all(&self) -> io::Result<()>;
     /// Maps the first `len` bytes of the file (which must exist), writable or not.
     fn map(&self, len: usize, writable: bool) -> io::Result<Arc<dyn Mapping>>;
+    /// A hint to start writing bytes `offset..offset + len` back to the disk now, without waiting
+    /// for it, so that a later [`StorageFile::sync_data`] has less left to do. It makes nothing
+    /// durable (only `sync_data` and `sync_all` do), and an implementation must not consume a
+    /// write error the next `sync_data` would report. Ignoring it is always correct.
+    fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// A memory mapping of (part of) a file. See the module docs for the contract.
@@ -104,6 +111,14 @@ pub trait Mapping: Send + Sync + fmt::Debug + Any {
     /// about to be written: an implementation may fault their pages in ahead, in one call rather
     /// than one page fault per page. It never changes the bytes; ignoring it is always correct.
     fn prefault(&self, start: usize, len: usize) {
+        let _ = (start, len);
+    }
+    /// A hint that bytes `start..start + len` of a writable mapping will not be written through
+    /// it again: an implementation may drop its page-table entries for them, so that writing
+    /// the pages back finds none to write-protect (one TLB flush for the range instead of one per
+    /// page). The bytes stay what they are, readable through the mapping; ignoring it is always
+    /// correct.
+    fn written(&self, start: usize, len: usize) {
         let _ = (start, len);
     }
 }

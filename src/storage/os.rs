@@ -55,6 +55,28 @@ impl Mapping for OsMapping {
         #[cfg(not(target_os = "linux"))]
         let _ = (start, len);
     }
+    fn written(&self, start: usize, len: usize) {
+        #[cfg(target_os = "linux")]
+        if let Some(m) = &self.raw
+            && start < m.len()
+        {
+            // MADV_DONTNEED on a shared file mapping only removes page-table entries: a dirty
+            // page's data stays in the page cache, dirty, and a later access maps it again. A
+            // hint: a failure changes nothing.
+            // SAFETY: the range lies inside the mapping; the engine never writes these bytes
+            // through it again, and readers that touch them fault the same page-cache pages back
+            // in, so no live reference to the memory is invalidated.
+            let _ = unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    start,
+                    len.min(m.len() - start),
+                )
+            };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (start, len);
+    }
 }
 
 impl Storage for OsStorage {
@@ -147,6 +169,27 @@ impl StorageFile for OsFile {
 
     fn sync_all(&self) -> io::Result<()> {
         self.file.sync_all()
+    }
+
+    fn start_writeback(&self, offset: u64, len: u64) {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SYNC_FILE_RANGE_WRITE alone starts writeback of the range's dirty pages and
+            // returns: it neither waits nor checks for write errors, so an error is still
+            // reported by the next fdatasync of the file. A hint: its result is not needed.
+            // SAFETY: a plain system call on a descriptor this file owns; no memory is passed.
+            let _ = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    offset as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = (offset, len);
     }
 
     fn map(&self, len: usize, writable: bool) -> io::Result<Arc<dyn Mapping>> {
