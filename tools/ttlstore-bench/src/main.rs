@@ -350,7 +350,15 @@ fn run(cfg: &Cfg) -> R<()> {
                     ttl_ms,
                     sweep_every: Duration::from_secs(1),
                 };
-                let o = churn::run(engine, variant, p, &cfg.base, &vals)?;
+                let Some(o) = churn_with_watchdog(engine, variant, p, &cfg.base)? else {
+                    eprintln!(
+                        "{} did not finish the {} run within {:?}: its cells stay empty",
+                        engine.name(),
+                        variant.name(),
+                        churn_deadline(duration)
+                    );
+                    continue;
+                };
                 let w = format!("ttl-churn {}", variant.name());
                 let c = Col::Engine(engine);
                 table.add(
@@ -672,6 +680,37 @@ fn hint_files(dir: &Path) -> R<Vec<PathBuf>> {
         }
     }
     Ok(out)
+}
+
+/// How long a churn run of `duration` may take, closing included, before it counts as hung.
+fn churn_deadline(duration: Duration) -> Duration {
+    duration * 4 + Duration::from_secs(120)
+}
+
+/// Runs one churn run on its own thread; `None` if it did not finish by [`churn_deadline`] (a
+/// peer that deadlocks, as sled 0.34 once did here with every thread parked, then loses only its
+/// own cells: the thread and its temp dir are left behind until the process exits).
+fn churn_with_watchdog(
+    engine: Engine,
+    variant: churn::Variant,
+    p: churn::Params,
+    base: &Path,
+) -> R<Option<churn::Outcome>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let base = base.to_path_buf();
+    std::thread::Builder::new()
+        .name(format!("churn-{}", engine.name()))
+        .spawn(move || {
+            let vals = Values::new();
+            let _ = tx.send(churn::run(engine, variant, p, &base, &vals));
+        })?;
+    match rx.recv_timeout(churn_deadline(p.duration)) {
+        Ok(outcome) => outcome.map(Some),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Ok(None),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            Err(format!("{}: the churn run panicked", engine.name()).into())
+        }
+    }
 }
 
 fn rss_child(dir: &Path) -> R<()> {
