@@ -205,7 +205,13 @@ mod linux {
         /// Moves the words to a new reservation of at least `want` words (the first reservation,
         /// or, should a reservation have been refused its full size, a larger one).
         fn move_to_reservation(&mut self, want: usize) {
-            let mut words = RESERVE_WORDS.max(want).max(self.reserved.saturating_mul(2));
+            let words = RESERVE_WORDS.max(want).max(self.reserved.saturating_mul(2));
+            self.move_to_reservation_of(words, want);
+        }
+
+        /// Moves the words to a new reservation of `words` words, or of fewer, down to `want`,
+        /// if the system refuses that much address space.
+        fn move_to_reservation_of(&mut self, mut words: usize, want: usize) {
             let (start, bytes) = loop {
                 let bytes = words
                     .checked_mul(8)
@@ -311,30 +317,8 @@ mod linux {
         /// move to a larger one.
         pub fn with_small_reservation(words: usize) -> Words {
             let mut w = Words::new();
-            w.move_to_small(words);
+            w.move_to_reservation_of(words, words);
             w
-        }
-
-        fn move_to_small(&mut self, words: usize) {
-            let bytes = words * 8 + ALIGN;
-            // SAFETY: as in `move_to_reservation`, for an empty buffer.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    bytes,
-                    libc::PROT_NONE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
-            let start = p as usize;
-            // SAFETY: from a successful mmap.
-            self.base =
-                unsafe { NonNull::new_unchecked(start.next_multiple_of(ALIGN) as *mut u64) };
-            self.reserved = words;
-            self.map = (start, bytes);
         }
     }
 }
