@@ -277,6 +277,11 @@ impl Drop for Prefaulter {
 /// Bytes of the active segment kept faulted in ahead of the writer (see [`Prefaulter`]).
 const PREFAULT_WINDOW: usize = 64 << 10;
 
+/// How far ahead of the writer the prefaulted pages reach. A window's page faults can take a
+/// few milliseconds when they wait for the journal (after the file grew), so the writer must
+/// not be right behind them.
+const PREFAULT_LEAD: usize = 256 << 10;
+
 /// Bytes of finished pages handed to write-behind at a time (see [`Prefaulter`]).
 const WRITE_BEHIND_STEP: usize = 1 << 20;
 
@@ -442,24 +447,31 @@ impl Log {
             w.active.ttls.note(now, ops);
         }
         let need = (w.tail + len) as u64;
-        if need > w.allocated {
-            // Grow the file a step ahead of the data. A full disk fails here, before a byte is
-            // written, and leaves the store as it was.
+        // Grow the file a step ahead of the data, early enough that the prefaulted frontier
+        // below never waits at the allocated end. A full disk fails here, before a byte is
+        // written, and leaves the store as it was; a failed early step, while this record still
+        // fits, is left for the write that needs the space to report.
+        let map_len = w.active.map.len() as u64;
+        if need + PREFAULT_LEAD as u64 > w.allocated && w.allocated < map_len {
             let grown = (w.allocated + crate::segment::reserve_step(self.segment_size))
                 .max(need)
-                .min(w.active.map.len() as u64);
-            w.active
-                .file
-                .allocate(grown)
-                .map_err(|e| Error::io("fallocate", &w.active.path, e))?;
-            w.allocated = grown;
+                .min(map_len);
+            match w.active.file.allocate(grown) {
+                Ok(()) => w.allocated = grown,
+                Err(e) if need > w.allocated => {
+                    return Err(Error::io("fallocate", &w.active.path, e));
+                }
+                Err(_) => {}
+            }
         }
-        // Keep a window of pages faulted in ahead of the writer. Only a window: prefaulted pages
-        // are dirty zeros, and those a rotation leaves unwritten are written back by its
-        // fdatasync (a whole growth step of zeros per rotation when all of it was prefaulted).
-        let ahead = (w.tail + len + PREFAULT_WINDOW / 2).min(w.allocated as usize);
+        // Keep pages faulted in up to `PREFAULT_LEAD` ahead of the writer, a window at a time.
+        // Only that far: prefaulted pages are dirty zeros, and those a rotation leaves unwritten
+        // are written back by its fdatasync.
+        let ahead = (w.tail + len + PREFAULT_LEAD).min(w.allocated as usize);
         if ahead > w.prefaulted {
-            let end = (w.prefaulted + PREFAULT_WINDOW).min(w.allocated as usize);
+            let end = (w.prefaulted + PREFAULT_WINDOW)
+                .max(ahead)
+                .min(w.allocated as usize);
             self.prefaulter
                 .prefault(&w.active, w.prefaulted, end - w.prefaulted);
             w.prefaulted = end;

@@ -93,6 +93,46 @@ fn a_full_disk_fails_the_write_that_needs_a_segment_and_the_store_recovers_when_
     assert_eq!(store.stats().live_keys, u64::from(failed + 200));
 }
 
+/// The file grows in 1 MiB steps, a little before the writer needs them. A step that fails
+/// early (the disk is full) fails no write that still fits in the space already reserved; the
+/// first write that needs the missing space fails as a full disk and changes nothing.
+#[test]
+fn a_full_disk_fails_only_the_write_that_needs_the_missing_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, faults) = FaultStorage::new(Arc::new(OsStorage));
+    let opts = Options::default()
+        .sync(SyncPolicy::Never)
+        .segment_size(8 << 20)
+        .background_threads(false)
+        .clock(Arc::new(ManualClock::new(T0)))
+        .storage(fs);
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    // About 140 bytes a record: 3,000 records stay well inside the first MiB.
+    for i in 0..3000 {
+        store.put(&key(i), &value(i)).unwrap();
+    }
+    faults.inject(FaultKind::Allocate, ENOSPC, u64::MAX);
+    let (failed, err) = write_until_error(&store, 3000, 20_000);
+    assert!(err.is_disk_full(), "{err:?}");
+    let end = ttlstore::format::HEADER_LEN as u64 + store.stats().bytes_appended;
+    assert!(
+        end > (1 << 20) - 4096 && end <= 1 << 20,
+        "writes kept going up to the end of the first MiB, then stopped (data ends at {end})"
+    );
+    assert!(
+        faults.calls(FaultKind::Allocate) >= 2,
+        "the early step was tried and failed"
+    );
+    assert_eq!(store.get(&key(failed)).unwrap(), None);
+    check_present(&store, 0..failed);
+    assert!(!store.stats().poisoned);
+    faults.clear(FaultKind::Allocate);
+    for i in failed..failed + 2000 {
+        store.put(&key(i), &value(i)).unwrap();
+    }
+    check_present(&store, 0..failed + 2000);
+}
+
 #[test]
 fn a_full_disk_when_creating_the_segment_file_is_also_a_recoverable_error() {
     let dir = tempfile::tempdir().unwrap();
