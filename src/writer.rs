@@ -274,7 +274,8 @@ impl Drop for Prefaulter {
     }
 }
 
-/// Bytes of the active segment kept faulted in ahead of the writer (see [`Prefaulter`]).
+/// The fewest bytes of the active segment handed to the prefaulter at a time (see
+/// [`Prefaulter`]).
 const PREFAULT_WINDOW: usize = 64 << 10;
 
 /// How far ahead of the writer the prefaulted pages reach. A window's page faults can take a
