@@ -41,41 +41,37 @@ impl Mapping for OsMapping {
     }
     fn prefault(&self, start: usize, len: usize) {
         #[cfg(target_os = "linux")]
-        if let Some(m) = &self.raw
-            && start < m.len()
-        {
+        if let Some((m, start, len)) = self.clamped(start, len) {
             // A hint: an older kernel without MADV_POPULATE_WRITE (before 5.14) refuses it, and
             // the pages are then faulted in one at a time as they are written, as without it.
-            let _ = m.advise_range(
-                memmap2::Advice::PopulateWrite,
-                start,
-                len.min(m.len() - start),
-            );
+            let _ = m.advise_range(memmap2::Advice::PopulateWrite, start, len);
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (start, len);
     }
     fn written(&self, start: usize, len: usize) {
         #[cfg(target_os = "linux")]
-        if let Some(m) = &self.raw
-            && start < m.len()
-        {
+        if let Some((m, start, len)) = self.clamped(start, len) {
             // MADV_DONTNEED on a shared file mapping only removes page-table entries: a dirty
             // page's data stays in the page cache, dirty, and a later access maps it again. A
             // hint: a failure changes nothing.
             // SAFETY: the range lies inside the mapping; the engine never writes these bytes
             // through it again, and readers that touch them fault the same page-cache pages back
             // in, so no live reference to the memory is invalidated.
-            let _ = unsafe {
-                m.unchecked_advise_range(
-                    memmap2::UncheckedAdvice::DontNeed,
-                    start,
-                    len.min(m.len() - start),
-                )
-            };
+            let _ =
+                unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, len) };
         }
         #[cfg(not(target_os = "linux"))]
         let _ = (start, len);
+    }
+}
+
+impl OsMapping {
+    /// The mapping and the part of `start..start + len` inside it, if any (for the hints).
+    #[cfg(target_os = "linux")]
+    fn clamped(&self, start: usize, len: usize) -> Option<(&memmap2::MmapRaw, usize, usize)> {
+        let m = self.raw.as_ref()?;
+        (start < m.len()).then(|| (m, start, len.min(m.len() - start)))
     }
 }
 
