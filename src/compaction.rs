@@ -518,17 +518,19 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                 if c.tombstone.is_some() {
                     continue;
                 }
+                let cost = put_cost(
+                    c.key.len(),
+                    rec_off as u32,
+                    val_off as u32,
+                    c.value.len(),
+                    c.expires_at.is_some(),
+                );
+                // At most a version 1 record's length: below 4 GiB.
                 if st
                     .index
-                    .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, val_off as u32)
+                    .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, cost as u32)
                 {
-                    info.live_bytes += put_cost(
-                        c.key.len(),
-                        rec_off as u32,
-                        val_off as u32,
-                        c.value.len(),
-                        c.expires_at.is_some(),
-                    );
+                    info.live_bytes += cost;
                     info.live_keys += 1;
                 }
             }

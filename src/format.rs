@@ -560,6 +560,18 @@ pub struct Op<'a> {
 
 /// Reads and checks the record starting at `offset` of `data` (a whole segment file).
 pub fn read_record(data: &[u8], offset: usize, segment_id: u64) -> Result<Record<'_>, RecordError> {
+    read_record_with(data, offset, segment_id, true)
+}
+
+/// [`read_record`], checking the CRC only if `verify` (the framing and lengths are always
+/// checked: a record read without its CRC can be wrong but never reaches outside `data`).
+#[inline]
+pub fn read_record_with(
+    data: &[u8],
+    offset: usize,
+    segment_id: u64,
+    verify: bool,
+) -> Result<Record<'_>, RecordError> {
     let rest = data.len().saturating_sub(offset);
     if rest < RECORD_PREFIX {
         if data[offset.min(data.len())..].iter().all(|&b| b == 0) {
@@ -581,7 +593,7 @@ pub fn read_record(data: &[u8], offset: usize, segment_id: u64) -> Result<Record
         return Err(RecordError::Corrupt(CorruptionKind::Truncated));
     }
     let bytes = &data[offset..offset + RECORD_PREFIX + body];
-    if record_crc(segment_id, &bytes[4..]) != crc {
+    if verify && record_crc(segment_id, &bytes[4..]) != crc {
         return Err(RecordError::Corrupt(CorruptionKind::BadChecksum));
     }
     let kind_byte = bytes[RECORD_PREFIX];
@@ -791,41 +803,7 @@ impl<'a> Record<'a> {
                 });
             }
         } else if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
-            let ns = c.u8()?;
-            let klen = c.len()?;
-            let vlen = c.len()?;
-            let expires_at = match kind_byte & (FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) {
-                0 => None,
-                FLAG_EXPIRES => Some(
-                    self.base_ms
-                        .checked_add(c.varint()?)
-                        .ok_or(CorruptionKind::Malformed("expiry overflow"))?,
-                ),
-                f if f == FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE => Some(
-                    self.base_ms
-                        .checked_sub(c.varint()?)
-                        .ok_or(CorruptionKind::Malformed("expiry before 1970"))?,
-                ),
-                _ => {
-                    return Err(CorruptionKind::Malformed(
-                        "before-base flag without an expiry",
-                    ));
-                }
-            };
-            let key = c.take(klen)?;
-            check_key_len(key)?;
-            let value_offset = c.at;
-            let value = c.take(vlen)?;
-            out.push(Op {
-                kind: KIND_PUT,
-                seq: self.seq,
-                ns,
-                key,
-                value,
-                value_offset,
-                expires_at,
-                target_seq: 0,
-            });
+            out.push(self.compact_put(&mut c, kind_byte)?);
         } else if kind_byte == KIND_BATCH {
             let count = c.len()?;
             // Every entry takes at least 3 bytes: bound the count by the bytes present.
@@ -853,6 +831,123 @@ impl<'a> Record<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// The operation of a compact put record, decoded from `c` (at the fields after the sequence).
+    fn compact_put(&self, c: &mut Cursor<'a>, kind_byte: u8) -> DecodeResult<Op<'a>> {
+        let ns = c.u8()?;
+        let klen = c.len()?;
+        let vlen = c.len()?;
+        let expires_at = match kind_byte & (FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) {
+            0 => None,
+            FLAG_EXPIRES => Some(
+                self.base_ms
+                    .checked_add(c.varint()?)
+                    .ok_or(CorruptionKind::Malformed("expiry overflow"))?,
+            ),
+            f if f == FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE => Some(
+                self.base_ms
+                    .checked_sub(c.varint()?)
+                    .ok_or(CorruptionKind::Malformed("expiry before 1970"))?,
+            ),
+            _ => {
+                return Err(CorruptionKind::Malformed(
+                    "before-base flag without an expiry",
+                ));
+            }
+        };
+        let key = c.take(klen)?;
+        check_key_len(key)?;
+        let value_offset = c.at;
+        let value = c.take(vlen)?;
+        Ok(Op {
+            kind: KIND_PUT,
+            seq: self.seq,
+            ns,
+            key,
+            value,
+            value_offset,
+            expires_at,
+            target_seq: 0,
+        })
+    }
+
+    /// Where the value of a single-put record lies within it: `(offset, length)`; `None` for a
+    /// batch (whose puts [`Record::put_of`] finds by key). The caller knows the record is the
+    /// key's current put (the index points at it), so the key is not compared.
+    #[inline]
+    pub fn single_put_value(&self) -> DecodeResult<Option<(usize, usize)>> {
+        let kind_byte = self.bytes[RECORD_PREFIX];
+        let mut c = Cursor {
+            b: self.bytes,
+            at: self.body_at,
+        };
+        let (klen, vlen) =
+            if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
+                c.u8()?;
+                let klen = c.len()?;
+                let vlen = c.len()?;
+                if kind_byte & FLAG_EXPIRES != 0 {
+                    c.varint()?;
+                }
+                (klen, vlen)
+            } else if kind_byte & !FLAG_EXPIRES == KIND_PUT {
+                c.u8()?;
+                let klen = c.len()?;
+                let vlen = c.len()?;
+                if kind_byte & FLAG_EXPIRES != 0 {
+                    c.u64()?;
+                }
+                (klen, vlen)
+            } else {
+                return Ok(None);
+            };
+        c.take(klen)?;
+        let at = c.at;
+        c.take(vlen)?;
+        if c.at != self.bytes.len() {
+            return Err(CorruptionKind::Malformed(
+                "bytes left over after the last field",
+            ));
+        }
+        Ok(Some((at, vlen)))
+    }
+
+    /// The put of `(ns, key)` this record leaves in force: its last operation on that key, if
+    /// that is a put. `None` if the record does not end with a put of the key. Decodes without
+    /// allocating (a point read calls it).
+    pub fn put_of(&self, ns: u8, key: &[u8]) -> DecodeResult<Option<Op<'a>>> {
+        let mut c = Cursor {
+            b: self.bytes,
+            at: self.body_at,
+        };
+        let kind_byte = self.bytes[RECORD_PREFIX];
+        let last = if kind_byte == KIND_EXPIRE_BATCH {
+            None
+        } else if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
+            Some(self.compact_put(&mut c, kind_byte)?)
+        } else if kind_byte == KIND_BATCH {
+            let count = c.len()?;
+            let mut last = None;
+            for i in 0..count as u64 {
+                let kb = c.u8()?;
+                if kb & !FLAG_EXPIRES == KIND_BATCH {
+                    return Err(CorruptionKind::Malformed("batch inside a batch"));
+                }
+                let seq = self
+                    .seq
+                    .checked_add(i)
+                    .ok_or(CorruptionKind::Malformed("sequence overflow"))?;
+                let op = c.op(kb, seq)?;
+                if op.ns == ns && op.key == key {
+                    last = Some(op);
+                }
+            }
+            last
+        } else {
+            Some(c.op(kind_byte, self.seq)?)
+        };
+        Ok(last.filter(|op| op.kind == KIND_PUT && op.ns == ns && op.key == key))
     }
 
     /// How the record's bytes divide between its operations: pushes each op's share onto
@@ -949,6 +1044,27 @@ mod tests {
         }
     }
 
+    /// Checks the point-read decoders against the full decode `out` of `rec`: `put_of` finds
+    /// each key's last op when that is a put (and nothing for a key the record does not hold),
+    /// `single_put_value` the value of a record of one put (and nothing otherwise).
+    fn check_lookups(rec: &Record<'_>, out: &[Op<'_>]) {
+        for op in out {
+            let last = out.iter().rev().find(|o| (o.ns, o.key) == (op.ns, op.key));
+            let want = last.filter(|o| o.kind == KIND_PUT).copied();
+            assert_eq!(rec.put_of(op.ns, op.key), Ok(want));
+            let other_ns = op.ns.wrapping_add(1);
+            if !out.iter().any(|o| (o.ns, o.key) == (other_ns, op.key)) {
+                assert_eq!(rec.put_of(other_ns, op.key), Ok(None));
+            }
+        }
+        assert_eq!(rec.put_of(0, b"a key in no record"), Ok(None));
+        let single = match out {
+            [op] if op.kind == KIND_PUT => Some((op.value_offset, op.value.len())),
+            _ => None,
+        };
+        assert_eq!(rec.single_put_value(), Ok(single));
+    }
+
     fn roundtrip(ops: &[EncOp<'_>]) {
         let mut buf = vec![0u8; record_len(ops) + 16];
         let n = record_len(ops);
@@ -960,6 +1076,7 @@ mod tests {
         let mut out = Vec::new();
         rec.ops(&mut out).expect("decodes");
         check_decoded(&out, ops, 100, &buf, 0, &offs);
+        check_lookups(&rec, &out);
         // Bound to the segment: the same bytes fail under another id.
         assert_eq!(
             read_record(&buf, 0, 8).unwrap_err(),
@@ -1004,6 +1121,34 @@ mod tests {
                 ns: 2,
                 key: b"c",
                 value: b"",
+                expires_at: None,
+            },
+        ]);
+        // A batch that writes keys more than once: a point read finds the last op of its key.
+        roundtrip(&[
+            EncOp::Put {
+                ns: 0,
+                key: b"a",
+                value: b"first",
+                expires_at: None,
+            },
+            EncOp::Put {
+                ns: 1,
+                key: b"a",
+                value: b"other namespace",
+                expires_at: Some(9),
+            },
+            EncOp::Delete { ns: 0, key: b"a" },
+            EncOp::Put {
+                ns: 0,
+                key: b"c",
+                value: b"old",
+                expires_at: Some(7),
+            },
+            EncOp::Put {
+                ns: 0,
+                key: b"c",
+                value: b"new",
                 expires_at: None,
             },
         ]);
@@ -1079,6 +1224,7 @@ mod tests {
         let mut out = Vec::new();
         rec.ops(&mut out).expect("decodes");
         check_decoded(&out, ops, seq, &seg, at, &offs);
+        check_lookups(&rec, &out);
         assert_eq!(
             read_record(&seg, at, 10).unwrap_err(),
             RecordError::Corrupt(CorruptionKind::BadChecksum)

@@ -17,7 +17,7 @@ use crate::format::{
 };
 use crate::format::{KIND_DELETE, KIND_EXPIRE, KIND_PUT, Op};
 use crate::hint;
-use crate::index::{Entry, STAGED_EXPIRES, Staged, TOMBSTONE};
+use crate::index::{EXPIRE_TOMBSTONE, Entry, STAGED_EXPIRES, Staged, TOMBSTONE};
 use crate::options::{Options, RecoveryMode};
 use crate::segment::{self, LOCK_FILE, Segment, SegmentInfo, put_cost};
 use crate::state::{State, tombstone_cost};
@@ -110,9 +110,13 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
             report.removed_files.push(name.clone());
         }
     }
-    if ids.last().is_some_and(|&id| id >= u64::from(u32::MAX)) {
+    // The index keeps segment ids in 32 bits, the two highest marking tombstones during replay.
+    if ids
+        .last()
+        .is_some_and(|&id| id >= u64::from(EXPIRE_TOMBSTONE))
+    {
         return Err(Error::InvalidArgument {
-            what: "segment id beyond 2^32-1".into(),
+            what: "segment id beyond 2^32-3".into(),
         });
     }
 
@@ -505,8 +509,13 @@ impl Replay<'_> {
                     expires_at: op.expires_at.unwrap_or(0),
                     seg: sid,
                     rec_off,
-                    val_off: rec_off + op.value_offset as u32,
-                    val_len: op.value.len() as u32,
+                    cost: put_cost(
+                        op.key.len(),
+                        rec_off,
+                        rec_off + op.value_offset as u32,
+                        op.value.len(),
+                        op.expires_at.is_some(),
+                    ) as u32,
                 },
                 if op.expires_at.is_some() {
                     STAGED_EXPIRES
@@ -607,17 +616,20 @@ impl SegAcc {
     }
 }
 
-/// A delete or expire as a staged record: a tombstone entry that also keeps the op's kind (in
-/// `val_len`) and an expire's target sequence (in `rec_off`, low half, and `val_off`, high half),
-/// which [`resolve_key`] needs.
+/// A delete or expire as a staged record: a tombstone entry that also keeps the op's kind (an
+/// expire's `seg` is [`EXPIRE_TOMBSTONE`]) and an expire's target sequence (in `rec_off`, low
+/// half, and `cost`, high half), which [`resolve_key`] needs.
 fn staged_tombstone(op: &Op<'_>) -> Entry {
     Entry {
         seq: op.seq,
         expires_at: 0,
-        seg: TOMBSTONE,
+        seg: if op.kind == KIND_EXPIRE {
+            EXPIRE_TOMBSTONE
+        } else {
+            TOMBSTONE
+        },
         rec_off: op.target_seq as u32,
-        val_off: (op.target_seq >> 32) as u32,
-        val_len: u32::from(op.kind),
+        cost: (op.target_seq >> 32) as u32,
     }
 }
 
@@ -639,8 +651,8 @@ fn resolve_key(ops: &[Entry], changed: &mut [bool]) -> usize {
                 Some(c) if c.is_tombstone() => true,
                 // An expire removes the write it names, or an older one; a newer one survives.
                 Some(c) => {
-                    let target = u64::from(e.rec_off) | (u64::from(e.val_off) << 32);
-                    !(e.val_len == u32::from(KIND_EXPIRE) && c.seq > target)
+                    let target = u64::from(e.rec_off) | (u64::from(e.cost) << 32);
+                    !(e.seg == EXPIRE_TOMBSTONE && c.seq > target)
                 }
             }
         };
@@ -674,7 +686,7 @@ fn finish_staged(state: &mut State, staged: Staged) {
     let mut accs: Vec<(u32, LiveAcc)> = Vec::new();
     let mut last = 0;
     state.index.finish_staged(
-        |e, key_len, expires, changed, current| {
+        |e, _key_len, expires, changed, current| {
             if e.is_tombstone() || !changed {
                 return;
             }
@@ -693,20 +705,10 @@ fn finish_staged(state: &mut State, staged: Staged) {
             } else {
                 a.has_persistent = true;
             }
-            let added = put_cost(key_len, e.rec_off, e.val_off, e.val_len as usize, expires);
+            // A put replaced later added its cost and `State::apply` took the same back.
             if current {
-                a.live_bytes += added;
+                a.live_bytes += u64::from(e.cost);
                 a.live_keys += 1;
-            } else {
-                // Replaced later: `State::apply` took back the cost as the entry gives it.
-                a.live_bytes += added
-                    - put_cost(
-                        key_len,
-                        e.rec_off,
-                        e.val_off,
-                        e.val_len as usize,
-                        e.expires_at != 0,
-                    );
             }
         },
         |_, _, e| !e.is_tombstone(),
@@ -783,7 +785,7 @@ mod tests {
         });
         // Every key is found through the table, and scans list them in order.
         for ((ns, k), e) in &all {
-            assert_eq!(state.index.get(*ns, k), Some(e));
+            assert_eq!(state.index.get(*ns, k), Some(*e));
         }
         let mut scanned = Vec::new();
         for ns in 0..3 {
@@ -863,11 +865,10 @@ mod tests {
             expires_at: 3,
             seg: 1,
             rec_off: 0,
-            val_off: 0,
-            val_len: 0,
+            cost: 0,
         };
         assert_eq!(got.index.upsert(0, &key, e), None);
-        assert_eq!(got.index.get(0, &key), Some(&e));
+        assert_eq!(got.index.get(0, &key), Some(e));
         assert_eq!(got.index.next_expiry(), Some(next.map_or(3, |n| n.min(3))));
     }
 

@@ -40,19 +40,13 @@ pub(crate) fn tombstone_cost(op: &Op<'_>) -> u64 {
 }
 
 impl State {
-    fn account_removed(&mut self, key_len: usize, old: &Entry) {
+    /// Takes back from its segment what a put the key no longer holds was accounted as.
+    fn account_removed(&mut self, old: &Entry) {
         if old.is_tombstone() {
             return;
         }
         if let Some(info) = self.segments.get_mut(&old.seg) {
-            let cost = put_cost(
-                key_len,
-                old.rec_off,
-                old.val_off,
-                old.val_len as usize,
-                old.expires_at != 0,
-            );
-            info.live_bytes = info.live_bytes.saturating_sub(cost);
+            info.live_bytes = info.live_bytes.saturating_sub(u64::from(old.cost));
             info.live_keys = info.live_keys.saturating_sub(1);
         }
     }
@@ -68,7 +62,7 @@ impl State {
     pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
         // A put needs no lookup first: the upsert decides against what it finds, in one lookup.
         let current = if op.kind != KIND_PUT {
-            self.index.get(op.ns, op.key).copied()
+            self.index.get(op.ns, op.key)
         } else {
             None
         };
@@ -88,8 +82,14 @@ impl State {
                     expires_at: op.expires_at.unwrap_or(0),
                     seg,
                     rec_off,
-                    val_off: rec_off + op.value_offset as u32,
-                    val_len: op.value.len() as u32,
+                    // At most a version 1 record's length (`put_cost`): below 4 GiB.
+                    cost: put_cost(
+                        op.key.len(),
+                        rec_off,
+                        rec_off + op.value_offset as u32,
+                        op.value.len(),
+                        op.expires_at.is_some(),
+                    ) as u32,
                 };
                 // During replay an older op than the key's current one is stale.
                 let (old, changed) = self.index.upsert_with(op.ns, op.key, |cur| {
@@ -102,17 +102,11 @@ impl State {
                     return Applied::Stale;
                 }
                 if let Some(o) = &old {
-                    self.account_removed(op.key.len(), o);
+                    self.account_removed(o);
                 }
                 if let Some(info) = self.segments.get_mut(&seg) {
                     info.saw_seq(op.seq);
-                    info.live_bytes += put_cost(
-                        op.key.len(),
-                        entry.rec_off,
-                        entry.val_off,
-                        op.value.len(),
-                        op.expires_at.is_some(),
-                    );
+                    info.live_bytes += u64::from(entry.cost);
                     info.live_keys += 1;
                     match op.expires_at {
                         Some(e) => info.max_expiry = info.max_expiry.max(e),
@@ -145,7 +139,7 @@ impl State {
                 if op.kind == KIND_EXPIRE && stale_expire {
                     return Applied::Stale;
                 }
-                self.account_removed(op.key.len(), &cur);
+                self.account_removed(&cur);
                 if replay {
                     self.index.upsert(op.ns, op.key, tomb(op.seq));
                 } else {
@@ -179,7 +173,6 @@ fn tomb(seq: u64) -> Entry {
         expires_at: 0,
         seg: TOMBSTONE,
         rec_off: 0,
-        val_off: 0,
-        val_len: 0,
+        cost: 0,
     }
 }

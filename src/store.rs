@@ -791,56 +791,100 @@ impl Inner {
         self.read_state()
             .index
             .get(ns, key)
-            .copied()
             .filter(|e| !e.is_expired(now))
     }
 
-    fn value_of(&self, st: &State, e: &Entry) -> Result<Value> {
-        let info = st.segments.get(&e.seg).ok_or(Error::corrupt(
-            u64::from(e.seg),
-            0,
-            crate::CorruptionKind::Malformed("index points at a missing segment"),
-        ))?;
-        let seg = info.seg.clone();
-        if self.opts.verify_reads {
-            let data = seg.bytes(0, info.end());
-            prefetch_lines(
-                data,
-                e.rec_off as usize,
-                e.val_off as usize + e.val_len as usize,
-            );
-            if let Err(err) = format::read_record(data, e.rec_off as usize, seg.id) {
-                let kind = match err {
-                    format::RecordError::Corrupt(k) => k,
-                    format::RecordError::End => {
-                        crate::CorruptionKind::Malformed("index points past the data")
-                    }
-                };
-                return Err(Error::corrupt(seg.id, u64::from(e.rec_off), kind));
-            }
-        }
+    /// The segment `seg_id` and the record at `rec_off` in it, read and checked (the CRC only if
+    /// reads are verified).
+    #[inline]
+    fn record<'a>(
+        &self,
+        st: &'a State,
+        seg_id: u32,
+        rec_off: usize,
+    ) -> Result<(&'a Arc<Segment>, format::Record<'a>)> {
+        let corrupt = |kind| Error::corrupt(u64::from(seg_id), rec_off as u64, kind);
+        let info = st
+            .segments
+            .get(&seg_id)
+            .ok_or(corrupt(crate::CorruptionKind::Malformed(
+                "index points at a missing segment",
+            )))?;
+        let data = info.seg.bytes(0, info.end());
+        // The record's first lines, loaded together rather than one after the other.
+        prefetch_lines(data, rec_off, rec_off + 192);
+        let rec = format::read_record_with(data, rec_off, info.seg.id, self.opts.verify_reads)
+            .map_err(|err| match err {
+                format::RecordError::Corrupt(k) => corrupt(k),
+                format::RecordError::End => corrupt(crate::CorruptionKind::Malformed(
+                    "index points past the data",
+                )),
+            })?;
+        Ok((&info.seg, rec))
+    }
+
+    /// The value of `(ns, key)`, whose index entry is `e`, from its log record.
+    fn value_of(&self, st: &State, ns: u8, key: &[u8], e: &Entry) -> Result<Value> {
+        let rec_off = e.rec_off as usize;
+        let (seg, rec) = self.record(st, e.seg, rec_off)?;
+        let corrupt = |kind| Error::corrupt(u64::from(e.seg), rec_off as u64, kind);
+        // A record of one put (the common case) is the key's: the index points at it.
+        let (start, len) = match rec.single_put_value().map_err(corrupt)? {
+            Some(span) => span,
+            None => match rec.put_of(ns, key).map_err(corrupt)? {
+                Some(op) => (op.value_offset, op.value.len()),
+                None => {
+                    return Err(corrupt(crate::CorruptionKind::Malformed(
+                        "index points at a record without the key's put",
+                    )));
+                }
+            },
+        };
         Ok(Value {
-            seg,
-            start: e.val_off as usize,
-            len: e.val_len as usize,
+            seg: seg.clone(),
+            start: rec_off + start,
+            len,
         })
     }
 
     fn get(&self, ns: u8, key: &[u8]) -> Result<Option<Item>> {
         check_key(key)?;
         let st = self.read_state();
-        let Some(e) = st.index.get(ns, key).copied() else {
-            return Ok(None);
+        // Straight from the key's bucket to its log record, which holds the key (checked
+        // there), its expiry and its sequence: the index's arena is not read.
+        let found = st
+            .index
+            .find_in_log(ns, key, |loc| self.read_put(&st, ns, key, loc).transpose());
+        let item = match found {
+            None => return Ok(None),
+            Some(r) => r?,
         };
         // Only a key with an expiry needs the time.
-        if e.expires_at != 0 && e.is_expired(self.opts.clock.now_ms()) {
+        if item
+            .expires_at
+            .is_some_and(|at| at <= self.opts.clock.now_ms())
+        {
             return Ok(None);
         }
-        let value = self.value_of(&st, &e)?;
-        Ok(Some(Item {
-            value,
-            expires_at: (e.expires_at != 0).then_some(e.expires_at),
-            seq: e.seq,
+        Ok(Some(item))
+    }
+
+    /// The put of `(ns, key)` in the log record at `loc` (`(segment << 32) | offset`, from the
+    /// index); `None` if that record is another key's (the index matched a tag, not the key).
+    fn read_put(&self, st: &State, ns: u8, key: &[u8], loc: u64) -> Result<Option<Item>> {
+        let (seg_id, rec_off) = ((loc >> 32) as u32, loc as u32 as usize);
+        let (seg, rec) = self.record(st, seg_id, rec_off)?;
+        let op = rec
+            .put_of(ns, key)
+            .map_err(|kind| Error::corrupt(u64::from(seg_id), rec_off as u64, kind))?;
+        Ok(op.map(|op| Item {
+            value: Value {
+                seg: seg.clone(),
+                start: rec_off + op.value_offset,
+                len: op.value.len(),
+            },
+            expires_at: op.expires_at,
+            seq: op.seq,
         }))
     }
 
@@ -893,7 +937,7 @@ impl Inner {
         // the key's whole state. Copied because the write may rotate segments.
         let value = {
             let st = self.read_state();
-            self.value_of(&st, &e)?.to_vec()
+            self.value_of(&st, ns, key, &e)?.to_vec()
         };
         let op = EncOp::Put {
             ns,
@@ -1090,7 +1134,7 @@ impl Scan {
             .scan(self.ns, &self.prefix, self.after.as_deref(), |k, e| {
                 n += 1;
                 if !e.is_expired(now) {
-                    buf.push_back(inner.value_of(&st, e).map(|v| (k.to_vec(), v)));
+                    buf.push_back(inner.value_of(&st, self.ns, k, e).map(|v| (k.to_vec(), v)));
                 }
                 if n >= SCAN_CHUNK {
                     last = Some(k.to_vec());

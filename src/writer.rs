@@ -386,7 +386,8 @@ impl Log {
     /// Takes a fresh segment id.
     pub fn alloc_segment_id(&self) -> Result<u64> {
         let id = self.next_segment_id.fetch_add(1, Ordering::SeqCst);
-        if id > u64::from(u32::MAX - 1) {
+        // The index keeps ids in 32 bits and marks tombstones with the two highest.
+        if id >= u64::from(crate::index::EXPIRE_TOMBSTONE) {
             return Err(Error::InvalidArgument {
                 what: "segment ids exhausted (4 billion segments)".into(),
             });
