@@ -676,6 +676,7 @@ struct Cursor<'a> {
 type DecodeResult<T> = Result<T, CorruptionKind>;
 
 impl<'a> Cursor<'a> {
+    #[inline]
     fn u8(&mut self) -> DecodeResult<u8> {
         let v = *self
             .b
@@ -688,6 +689,7 @@ impl<'a> Cursor<'a> {
         let s = self.take(8)?;
         Ok(u64_at(s, 0))
     }
+    #[inline]
     fn varint(&mut self) -> DecodeResult<u64> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -706,6 +708,7 @@ impl<'a> Cursor<'a> {
         self.at = end;
         Ok(s)
     }
+    #[inline]
     fn len(&mut self) -> DecodeResult<usize> {
         let v = self.varint()?;
         usize::try_from(v).map_err(|_| CorruptionKind::Malformed("length does not fit"))
@@ -874,43 +877,30 @@ impl<'a> Record<'a> {
 
     /// Where the value of a single-put record lies within it: `(offset, length)`; `None` for a
     /// batch (whose puts [`Record::put_of`] finds by key). The caller knows the record is the
-    /// key's current put (the index points at it), so the key is not compared.
+    /// key's current put (the index points at it), so the key is not compared. The value is a
+    /// put record's last field: only the lengths before it are decoded (a scan calls this for
+    /// every key), and the span is checked to lie after them, inside the record.
     #[inline]
     pub fn single_put_value(&self) -> DecodeResult<Option<(usize, usize)>> {
         let kind_byte = self.bytes[RECORD_PREFIX];
+        let single = kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT
+            || kind_byte & !FLAG_EXPIRES == KIND_PUT;
+        if !single {
+            return Ok(None);
+        }
         let mut c = Cursor {
             b: self.bytes,
-            at: self.body_at,
+            at: self.body_at + 1,
         };
-        let (klen, vlen) =
-            if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
-                c.u8()?;
-                let klen = c.len()?;
-                let vlen = c.len()?;
-                if kind_byte & FLAG_EXPIRES != 0 {
-                    c.varint()?;
-                }
-                (klen, vlen)
-            } else if kind_byte & !FLAG_EXPIRES == KIND_PUT {
-                c.u8()?;
-                let klen = c.len()?;
-                let vlen = c.len()?;
-                if kind_byte & FLAG_EXPIRES != 0 {
-                    c.u64()?;
-                }
-                (klen, vlen)
-            } else {
-                return Ok(None);
-            };
-        c.take(klen)?;
-        let at = c.at;
-        c.take(vlen)?;
-        if c.at != self.bytes.len() {
-            return Err(CorruptionKind::Malformed(
-                "bytes left over after the last field",
-            ));
-        }
-        Ok(Some((at, vlen)))
+        let klen = c.len()?;
+        let vlen = c.len()?;
+        let start = self
+            .bytes
+            .len()
+            .checked_sub(vlen)
+            .filter(|&s| s >= c.at.saturating_add(klen))
+            .ok_or(CorruptionKind::Malformed("length past end of record"))?;
+        Ok(Some((start, vlen)))
     }
 
     /// The put of `(ns, key)` this record leaves in force: its last operation on that key, if

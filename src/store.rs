@@ -804,12 +804,11 @@ impl Inner {
         rec_off: usize,
     ) -> Result<(&'a Arc<Segment>, format::Record<'a>)> {
         let corrupt = |kind| Error::corrupt(u64::from(seg_id), rec_off as u64, kind);
-        let info = st
-            .segments
-            .get(&seg_id)
-            .ok_or(corrupt(crate::CorruptionKind::Malformed(
+        let info = st.segments.get(&seg_id).ok_or_else(|| {
+            corrupt(crate::CorruptionKind::Malformed(
                 "index points at a missing segment",
-            )))?;
+            ))
+        })?;
         let data = info.seg.bytes(0, info.end());
         // The record's first lines, loaded together rather than one after the other.
         prefetch_lines(data, rec_off, rec_off + 192);
