@@ -310,61 +310,63 @@ pub struct StageMark {
     pairs: usize,
 }
 
-/// Sorts buckets by their `(tag << 32) | offset` word (tag first, then offset): two stable
-/// counting-sort passes on the tag's 22 high bits (each pass writes to only 2048 places, so it
-/// streams), then each run of equal high bits (a fraction of a bucket on average) sorted in
-/// place. Equal tags end up adjacent, in staging order, and home buckets ascend (a home is
-/// monotone in the tag).
-fn sort_pairs(pairs: Vec<Bucket>) -> Vec<Bucket> {
+/// Sorts buckets by their `(tag << 32) | offset` word (tag first, then offset), in place, using
+/// `scratch` (at least as long) as working space: two stable counting-sort passes on the tag's
+/// 22 high bits (each pass writes to only 2048 places, so it streams), then each run of equal
+/// high bits (a fraction of a bucket on average) sorted in place. Equal tags end up adjacent, in
+/// staging order, and home buckets ascend (a home is monotone in the tag).
+fn sort_pairs(pairs: &mut [Bucket], scratch: &mut [Bucket]) {
     const DIGIT: u32 = 11;
     const RADIX: usize = 1 << DIGIT;
     let n = pairs.len();
     if n < 1 << 12 {
-        let mut p = pairs;
-        p.sort_unstable_by_key(|b| b.key);
-        return p;
+        pairs.sort_unstable_by_key(|b| b.key);
+        return;
     }
+    let scratch = &mut scratch[..n];
     let low_shift = 64 - 2 * DIGIT;
     let high_shift = 64 - DIGIT;
     let digit = |p: &Bucket, shift: u32| (p.key >> shift) as usize & (RADIX - 1);
     let mut counts = vec![[0usize; RADIX]; 2];
-    for p in &pairs {
+    for p in pairs.iter() {
         counts[0][digit(p, low_shift)] += 1;
         counts[1][digit(p, high_shift)] += 1;
     }
-    // A temporary: not advised to huge pages (a fresh huge page costs more to get than the few
-    // small-page misses of two streaming passes save; measured at open after a fill).
-    let mut tmp = zeroed_buckets(n);
-    let mut src = pairs;
-    for (pass, shift) in [low_shift, high_shift].into_iter().enumerate() {
+    let starts = |pass: usize| {
         let mut next = [0usize; RADIX];
         let mut sum = 0;
         for (d, c) in counts[pass].iter().enumerate() {
             next[d] = sum;
             sum += c;
         }
-        for p in &src {
-            let d = digit(p, shift);
-            tmp[next[d]] = *p;
-            next[d] += 1;
-        }
-        std::mem::swap(&mut src, &mut tmp);
+        next
+    };
+    // Low digit into the scratch space, then high digit back.
+    let mut next = starts(0);
+    for p in pairs.iter() {
+        let d = digit(p, low_shift);
+        scratch[next[d]] = *p;
+        next[d] += 1;
     }
-    drop(tmp);
+    let mut next = starts(1);
+    for p in scratch.iter() {
+        let d = digit(p, high_shift);
+        pairs[next[d]] = *p;
+        next[d] += 1;
+    }
     // Runs of equal high bits, put in full order.
     let mut i = 0;
     while i < n {
-        let top = src[i].key >> low_shift;
+        let top = pairs[i].key >> low_shift;
         let mut j = i + 1;
-        while j < n && src[j].key >> low_shift == top {
+        while j < n && pairs[j].key >> low_shift == top {
             j += 1;
         }
         if j - i > 1 {
-            src[i..j].sort_unstable_by_key(|b| b.key);
+            pairs[i..j].sort_unstable_by_key(|b| b.key);
         }
         i = j;
     }
-    src
 }
 
 /// The index. Not synchronised: the store keeps it behind its lock.
@@ -1131,12 +1133,16 @@ impl Index {
         st: Staged,
         mut resolve: impl FnMut(&[Entry], &mut [bool]) -> usize,
     ) {
-        let sorted = sort_pairs(st.pairs);
+        let mut sorted = st.pairs;
         let n = buckets_for(sorted.len(), 80).max(self.table.len());
-        // Fresh zeroed pages, faulted in small as the buckets arrive in home order: populating
-        // huge pages up front cost 13 to 43 ms per million keys at open (measured), twice what
-        // the table's construction takes.
+        // Fresh zeroed pages, faulted in small as they are first used: populating huge pages up
+        // front cost 13 to 43 ms per million keys at open (measured). The sort uses the new
+        // table as its working space (the table has more buckets than there are pairs), so its
+        // pages are faulted in once rather than for a separate buffer as well; then the part it
+        // used is emptied again.
         let mut table = zeroed_buckets(n);
+        sort_pairs(&mut sorted, &mut table);
+        table[..sorted.len()].fill(Bucket::default());
         // Buckets arrive in ascending home order, so each goes to its home or just past the
         // previous one (the linear-probing invariant holds); only a run past the table's end
         // wraps, through the general insert.
