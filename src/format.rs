@@ -808,23 +808,7 @@ impl<'a> Record<'a> {
         } else if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
             out.push(self.compact_put(&mut c, kind_byte)?);
         } else if kind_byte == KIND_BATCH {
-            let count = c.len()?;
-            // Every entry takes at least 3 bytes: bound the count by the bytes present.
-            if count == 0 || count > (self.bytes.len() - c.at) / 3 {
-                return Err(CorruptionKind::Malformed("batch count out of range"));
-            }
-            out.reserve(count.min(1024));
-            for i in 0..count as u64 {
-                let kb = c.u8()?;
-                if kb & !FLAG_EXPIRES == KIND_BATCH {
-                    return Err(CorruptionKind::Malformed("batch inside a batch"));
-                }
-                let seq = self
-                    .seq
-                    .checked_add(i)
-                    .ok_or(CorruptionKind::Malformed("sequence overflow"))?;
-                out.push(c.op(kb, seq)?);
-            }
+            self.batch_ops(&mut c, |op| out.push(op))?;
         } else {
             out.push(c.op(kind_byte, self.seq)?);
         }
@@ -832,6 +816,28 @@ impl<'a> Record<'a> {
             return Err(CorruptionKind::Malformed(
                 "bytes left over after the last field",
             ));
+        }
+        Ok(())
+    }
+
+    /// Decodes the operations of a batch record from `c` (at its count), in order, handing each
+    /// to `each`.
+    fn batch_ops(&self, c: &mut Cursor<'a>, mut each: impl FnMut(Op<'a>)) -> DecodeResult<()> {
+        let count = c.len()?;
+        // Every entry takes at least 3 bytes: bound the count by the bytes present.
+        if count == 0 || count > (self.bytes.len() - c.at) / 3 {
+            return Err(CorruptionKind::Malformed("batch count out of range"));
+        }
+        for i in 0..count as u64 {
+            let kb = c.u8()?;
+            if kb & !FLAG_EXPIRES == KIND_BATCH {
+                return Err(CorruptionKind::Malformed("batch inside a batch"));
+            }
+            let seq = self
+                .seq
+                .checked_add(i)
+                .ok_or(CorruptionKind::Malformed("sequence overflow"))?;
+            each(c.op(kb, seq)?);
         }
         Ok(())
     }
@@ -917,22 +923,12 @@ impl<'a> Record<'a> {
         } else if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
             Some(self.compact_put(&mut c, kind_byte)?)
         } else if kind_byte == KIND_BATCH {
-            let count = c.len()?;
             let mut last = None;
-            for i in 0..count as u64 {
-                let kb = c.u8()?;
-                if kb & !FLAG_EXPIRES == KIND_BATCH {
-                    return Err(CorruptionKind::Malformed("batch inside a batch"));
-                }
-                let seq = self
-                    .seq
-                    .checked_add(i)
-                    .ok_or(CorruptionKind::Malformed("sequence overflow"))?;
-                let op = c.op(kb, seq)?;
+            self.batch_ops(&mut c, |op| {
                 if op.ns == ns && op.key == key {
                     last = Some(op);
                 }
-            }
+            })?;
             last
         } else {
             Some(c.op(kind_byte, self.seq)?)

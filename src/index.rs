@@ -518,8 +518,9 @@ impl Index {
         self.cmp_rec(a, bns, bkey)
     }
 
-    /// Bucket number and record offset of a key.
-    fn find(&self, ns: u8, key: &[u8], tag: u32) -> Option<(usize, u32)> {
+    /// Walks the probe sequence of `tag`, calling `hit(bucket number, bucket)` for each bucket
+    /// that carries the tag, until it returns `Some`; `None` at the first empty bucket.
+    fn probe<T>(&self, tag: u32, mut hit: impl FnMut(usize, Bucket) -> Option<T>) -> Option<T> {
         let n = self.table.len();
         let mut i = home(tag, n);
         loop {
@@ -527,17 +528,23 @@ impl Index {
             if b.is_empty() {
                 return None;
             }
-            if b.tag() == tag {
-                let off = b.off();
-                if self.key_of(off) == (ns, key) {
-                    return Some((i, off));
-                }
+            if b.tag() == tag
+                && let Some(t) = hit(i, b)
+            {
+                return Some(t);
             }
             i += 1;
             if i == n {
                 i = 0;
             }
         }
+    }
+
+    /// Bucket number and record offset of a key.
+    fn find(&self, ns: u8, key: &[u8], tag: u32) -> Option<(usize, u32)> {
+        self.probe(tag, |i, b| {
+            (self.key_of(b.off()) == (ns, key)).then_some((i, b.off()))
+        })
     }
 
     /// Empties bucket `i`, shifting back the entries after it that may move closer to home.
@@ -612,24 +619,7 @@ impl Index {
         key: &[u8],
         mut read: impl FnMut(u64) -> Option<T>,
     ) -> Option<T> {
-        let tag = self.tag_of(ns, key);
-        let n = self.table.len();
-        let mut i = home(tag, n);
-        loop {
-            let b = self.table[i];
-            if b.is_empty() {
-                return None;
-            }
-            if b.tag() == tag
-                && let Some(t) = read(b.loc)
-            {
-                return Some(t);
-            }
-            i += 1;
-            if i == n {
-                i = 0;
-            }
-        }
+        self.probe(self.tag_of(ns, key), |_, b| read(b.loc))
     }
 
     /// Begins a bulk load: inserts stop maintaining the ordered list until [`Index::finish_bulk`].

@@ -19,7 +19,7 @@ use crate::format::{KIND_DELETE, KIND_EXPIRE, KIND_PUT, Op};
 use crate::hint;
 use crate::index::{EXPIRE_TOMBSTONE, Entry, STAGED_EXPIRES, Staged, TOMBSTONE};
 use crate::options::{Options, RecoveryMode};
-use crate::segment::{self, LOCK_FILE, Segment, SegmentInfo, put_cost};
+use crate::segment::{self, LOCK_FILE, Segment, SegmentInfo};
 use crate::state::{State, tombstone_cost};
 use crate::storage::{Mapping, OpenMode, Storage};
 use std::any::Any;
@@ -504,19 +504,7 @@ impl Replay<'_> {
         acc.max_seq = acc.max_seq.max(op.seq);
         let (entry, flags) = match op.kind {
             KIND_PUT => (
-                Entry {
-                    seq: op.seq,
-                    expires_at: op.expires_at.unwrap_or(0),
-                    seg: sid,
-                    rec_off,
-                    cost: put_cost(
-                        op.key.len(),
-                        rec_off,
-                        rec_off + op.value_offset as u32,
-                        op.value.len(),
-                        op.expires_at.is_some(),
-                    ) as u32,
-                },
+                crate::state::put_entry(op, sid, rec_off),
                 if op.expires_at.is_some() {
                     STAGED_EXPIRES
                 } else {

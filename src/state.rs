@@ -77,20 +77,7 @@ impl State {
         }
         match op.kind {
             KIND_PUT => {
-                let entry = Entry {
-                    seq: op.seq,
-                    expires_at: op.expires_at.unwrap_or(0),
-                    seg,
-                    rec_off,
-                    // At most a version 1 record's length (`put_cost`): below 4 GiB.
-                    cost: put_cost(
-                        op.key.len(),
-                        rec_off,
-                        rec_off + op.value_offset as u32,
-                        op.value.len(),
-                        op.expires_at.is_some(),
-                    ) as u32,
-                };
+                let entry = put_entry(op, seg, rec_off);
                 // During replay an older op than the key's current one is stale.
                 let (old, changed) = self.index.upsert_with(op.ns, op.key, |cur| {
                     (!replay || cur.is_none_or(|c| c.seq < op.seq)).then_some(entry)
@@ -164,6 +151,24 @@ impl State {
     #[cfg(test)]
     pub fn finish_replay(&mut self) {
         self.index.finish_bulk(|_, _, e| !e.is_tombstone());
+    }
+}
+
+/// The index entry of the put `op`, found in the record at `rec_off` of segment `seg`.
+pub(crate) fn put_entry(op: &Op<'_>, seg: u32, rec_off: u32) -> Entry {
+    Entry {
+        seq: op.seq,
+        expires_at: op.expires_at.unwrap_or(0),
+        seg,
+        rec_off,
+        // At most a version 1 record's length (`put_cost`): below 4 GiB.
+        cost: put_cost(
+            op.key.len(),
+            rec_off,
+            rec_off + op.value_offset as u32,
+            op.value.len(),
+            op.expires_at.is_some(),
+        ) as u32,
     }
 }
 
