@@ -558,6 +558,29 @@ pub struct Op<'a> {
     pub target_seq: u64,
 }
 
+impl<'a> Op<'a> {
+    /// A put of `value` (found at `value_offset` of its record) under `(ns, key)`.
+    pub fn put(
+        seq: u64,
+        ns: u8,
+        key: &'a [u8],
+        value: &'a [u8],
+        value_offset: usize,
+        expires_at: Option<u64>,
+    ) -> Op<'a> {
+        Op {
+            kind: KIND_PUT,
+            seq,
+            ns,
+            key,
+            value,
+            value_offset,
+            expires_at,
+            target_seq: 0,
+        }
+    }
+}
+
 /// Reads and checks the record starting at `offset` of `data` (a whole segment file).
 pub fn read_record(data: &[u8], offset: usize, segment_id: u64) -> Result<Record<'_>, RecordError> {
     read_record_with(data, offset, segment_id, true)
@@ -869,16 +892,7 @@ impl<'a> Record<'a> {
         check_key_len(key)?;
         let value_offset = c.at;
         let value = c.take(vlen)?;
-        Ok(Op {
-            kind: KIND_PUT,
-            seq: self.seq,
-            ns,
-            key,
-            value,
-            value_offset,
-            expires_at,
-            target_seq: 0,
-        })
+        Ok(Op::put(self.seq, ns, key, value, value_offset, expires_at))
     }
 
     /// Where the value of a single-put record lies within it: `(offset, length)`; `None` for a

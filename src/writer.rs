@@ -830,16 +830,7 @@ fn as_op<'a>(op: &EncOp<'a>, seq: u64, value_offset: usize) -> Op<'a> {
             key,
             value,
             expires_at,
-        } => Op {
-            kind: format::KIND_PUT,
-            seq,
-            ns,
-            key,
-            value,
-            value_offset,
-            expires_at,
-            target_seq: 0,
-        },
+        } => Op::put(seq, ns, key, value, value_offset, expires_at),
         EncOp::Delete { ns, key } => Op {
             kind: format::KIND_DELETE,
             seq,
