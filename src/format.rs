@@ -581,6 +581,11 @@ impl<'a> Op<'a> {
     }
 }
 
+/// True if a record's kind byte (flags included) is a compact put's.
+fn is_compact_put(kind_byte: u8) -> bool {
+    kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT
+}
+
 /// Reads and checks the record starting at `offset` of `data` (a whole segment file).
 pub fn read_record(data: &[u8], offset: usize, segment_id: u64) -> Result<Record<'_>, RecordError> {
     read_record_with(data, offset, segment_id, true)
@@ -620,8 +625,7 @@ pub fn read_record_with(
         return Err(RecordError::Corrupt(CorruptionKind::BadChecksum));
     }
     let kind_byte = bytes[RECORD_PREFIX];
-    let compact = kind_byte == KIND_EXPIRE_BATCH
-        || kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT;
+    let compact = kind_byte == KIND_EXPIRE_BATCH || is_compact_put(kind_byte);
     if compact {
         let base = compact_base(data).map_err(RecordError::Corrupt)?;
         let mut c = Cursor {
@@ -793,6 +797,13 @@ impl<'a> Record<'a> {
     /// Either all decode or none is returned.
     pub fn ops(&self, out: &mut Vec<Op<'a>>) -> DecodeResult<()> {
         out.clear();
+        self.each_op(|op| out.push(op))
+    }
+
+    /// Decodes every operation of the record, in sequence order, handing each to `each`, and
+    /// checks that nothing is left over after the last.
+    #[inline]
+    fn each_op(&self, mut each: impl FnMut(Op<'a>)) -> DecodeResult<()> {
         let mut c = Cursor {
             b: self.bytes,
             at: self.body_at,
@@ -804,7 +815,6 @@ impl<'a> Record<'a> {
             if count == 0 || count > (self.bytes.len() - c.at) / 4 {
                 return Err(CorruptionKind::Malformed("batch count out of range"));
             }
-            out.reserve(count.min(1024));
             let mut prev = self.seq;
             for i in 0..count as u64 {
                 let seq = self
@@ -817,7 +827,7 @@ impl<'a> Record<'a> {
                 prev = target_seq;
                 let key = c.take(klen)?;
                 check_key_len(key)?;
-                out.push(Op {
+                each(Op {
                     kind: KIND_EXPIRE,
                     seq,
                     ns,
@@ -828,12 +838,12 @@ impl<'a> Record<'a> {
                     target_seq,
                 });
             }
-        } else if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
-            out.push(self.compact_put(&mut c, kind_byte)?);
+        } else if is_compact_put(kind_byte) {
+            each(self.compact_put(&mut c, kind_byte)?);
         } else if kind_byte == KIND_BATCH {
-            self.batch_ops(&mut c, |op| out.push(op))?;
+            self.batch_ops(&mut c, each)?;
         } else {
-            out.push(c.op(kind_byte, self.seq)?);
+            each(c.op(kind_byte, self.seq)?);
         }
         if c.at != self.bytes.len() {
             return Err(CorruptionKind::Malformed(
@@ -903,8 +913,7 @@ impl<'a> Record<'a> {
     #[inline]
     pub fn single_put_value(&self) -> DecodeResult<Option<(usize, usize)>> {
         let kind_byte = self.bytes[RECORD_PREFIX];
-        let single = kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT
-            || kind_byte & !FLAG_EXPIRES == KIND_PUT;
+        let single = is_compact_put(kind_byte) || kind_byte & !FLAG_EXPIRES == KIND_PUT;
         if !single {
             return Ok(None);
         }
@@ -927,27 +936,13 @@ impl<'a> Record<'a> {
     /// that is a put. `None` if the record does not end with a put of the key. Decodes without
     /// allocating (a point read calls it).
     pub fn put_of(&self, ns: u8, key: &[u8]) -> DecodeResult<Option<Op<'a>>> {
-        let mut c = Cursor {
-            b: self.bytes,
-            at: self.body_at,
-        };
-        let kind_byte = self.bytes[RECORD_PREFIX];
-        let last = if kind_byte == KIND_EXPIRE_BATCH {
-            None
-        } else if kind_byte & !(FLAG_EXPIRES | FLAG_EXPIRES_BEFORE_BASE) == KIND_PUT_COMPACT {
-            Some(self.compact_put(&mut c, kind_byte)?)
-        } else if kind_byte == KIND_BATCH {
-            let mut last = None;
-            self.batch_ops(&mut c, |op| {
-                if op.ns == ns && op.key == key {
-                    last = Some(op);
-                }
-            })?;
-            last
-        } else {
-            Some(c.op(kind_byte, self.seq)?)
-        };
-        Ok(last.filter(|op| op.kind == KIND_PUT && op.ns == ns && op.key == key))
+        let mut last = None;
+        self.each_op(|op| {
+            if op.ns == ns && op.key == key {
+                last = Some(op);
+            }
+        })?;
+        Ok(last.filter(|op| op.kind == KIND_PUT))
     }
 
     /// How the record's bytes divide between its operations: pushes each op's share onto

@@ -487,6 +487,23 @@ impl Index {
         self.head(off).entry()
     }
 
+    /// The bucket of the record at `off`, whose key has `tag`: its offset and a copy of its log
+    /// location.
+    fn bucket_for(&self, tag: u32, off: u32) -> Bucket {
+        Bucket {
+            key: (u64::from(tag) << 32) | u64::from(off),
+            loc: self.head(off).loc(),
+        }
+    }
+
+    /// Sets the entry of the record at `off` and the location copy in its bucket `i`, together.
+    fn set_entry(&mut self, i: usize, off: u32, entry: &Entry) {
+        let head = self.head_mut(off);
+        head.set(entry);
+        let loc = head.loc();
+        self.table[i].loc = loc;
+    }
+
     /// (key length, namespace, flags) of the record at `off`.
     fn header(&self, off: u32) -> (usize, u8, u8) {
         let h = self.head(off);
@@ -718,10 +735,7 @@ impl Index {
             let Some(entry) = decide(Some(&old)) else {
                 return (Some(old), false);
             };
-            let head = self.head_mut(off);
-            head.set(&entry);
-            let loc = head.loc();
-            self.table[i].loc = loc;
+            self.set_entry(i, off, &entry);
             if old.expires_at != 0 {
                 self.heap_stale += 1;
             }
@@ -736,9 +750,8 @@ impl Index {
         };
         self.reserve(1);
         let off = self.push_record(ns, key, &entry);
-        let key_word = (u64::from(tag) << 32) | u64::from(off);
-        let loc = self.head(off).loc();
-        table_insert(&mut self.table, Bucket { key: key_word, loc });
+        let bucket = self.bucket_for(tag, off);
+        table_insert(&mut self.table, bucket);
         if !self.bulk {
             self.ordered_insert(off, ns, key);
         }
@@ -864,15 +877,17 @@ impl Index {
         let Some((i, off)) = self.find(ns, key, self.tag_of(ns, key)) else {
             return false;
         };
-        let h = self.head_mut(off);
-        if h.seq != seq {
+        let old = self.entry(off);
+        if old.seq != seq {
             return false;
         }
-        h.seg = seg;
-        h.rec_off = rec_off;
-        h.cost = cost;
-        let loc = h.loc();
-        self.table[i].loc = loc;
+        let moved = Entry {
+            seg,
+            rec_off,
+            cost,
+            ..old
+        };
+        self.set_entry(i, off, &moved);
         true
     }
 
@@ -1091,13 +1106,8 @@ impl Index {
         flags: u8,
     ) {
         let off = self.push_record(ns, key, &entry);
-        let head = self.head_mut(off);
-        head.flags = flags & STAGED_EXPIRES;
-        let loc = head.loc();
-        st.pairs.push(Bucket {
-            key: (u64::from(tag) << 32) | u64::from(off),
-            loc,
-        });
+        self.head_mut(off).flags = flags & STAGED_EXPIRES;
+        st.pairs.push(self.bucket_for(tag, off));
     }
 
     /// Where the staged load stands now.
@@ -1199,15 +1209,7 @@ impl Index {
                     }
                     s
                 };
-                let off = same[survivor];
-                let loc = self.head(off).loc();
-                place(
-                    &mut table,
-                    Bucket {
-                        key: (tag << 32) | u64::from(off),
-                        loc,
-                    },
-                );
+                place(&mut table, self.bucket_for(tag as u32, same[survivor]));
                 self.live += 1;
             }
             i = j;
@@ -1218,13 +1220,13 @@ impl Index {
         self.table = table;
     }
 
-    /// Ends a staged load: calls `visit(entry, key length, expires, changed, current)` for every
+    /// Ends a staged load: calls `visit(entry, expires, changed, current)` for every
     /// staged record in staging order (`expires`: staged with [`STAGED_EXPIRES`]; `changed`:
     /// replaying it changed its key; `current`: the key ends with it), then finishes as
     /// [`Index::finish_bulk`] does with `keep`.
     pub fn finish_staged(
         &mut self,
-        mut visit: impl FnMut(&Entry, usize, bool, bool, bool),
+        mut visit: impl FnMut(&Entry, bool, bool, bool),
         mut keep: impl FnMut(u8, &[u8], &Entry) -> bool,
     ) {
         let mut kept: Vec<u32> = Vec::with_capacity(self.live);
@@ -1241,7 +1243,6 @@ impl Index {
             let entry = self.entry(o);
             visit(
                 &entry,
-                len,
                 flags & STAGED_EXPIRES != 0,
                 flags & STAGED_STALE == 0,
                 live,
@@ -1563,7 +1564,7 @@ mod tests {
         assert!(groups > 0);
         let mut visited = 0;
         idx.finish_staged(
-            |en, _, expires, changed, _| {
+            |en, expires, changed, _| {
                 assert!(!expires && changed);
                 assert!(en.seq <= seq);
                 visited += 1;
@@ -1614,7 +1615,7 @@ mod tests {
         });
         let mut stale = 0;
         idx.finish_staged(
-            |_, _, _, changed, current| {
+            |_, _, changed, current| {
                 stale += usize::from(!changed);
                 assert!(current == changed);
             },

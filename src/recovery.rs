@@ -674,7 +674,7 @@ fn finish_staged(state: &mut State, staged: Staged) {
     let mut accs: Vec<(u32, LiveAcc)> = Vec::new();
     let mut last = 0;
     state.index.finish_staged(
-        |e, _key_len, expires, changed, current| {
+        |e, expires, changed, current| {
             if e.is_tombstone() || !changed {
                 return;
             }
