@@ -690,10 +690,13 @@ impl Index {
     }
 
     /// Moves up to `buckets` more buckets of the old table to the new one while the table
-    /// grows; drops the old table once all have moved.
-    fn grow_step(&mut self, buckets: usize) {
+    /// grows; drops the old table once all have moved. True while buckets are left to move.
+    ///
+    /// Writes call it with [`GROW_STEP`]; when writes stop halfway through a growth, the
+    /// compactor calls it with larger steps, so that the old table's memory is given back.
+    pub fn grow_step(&mut self, buckets: usize) -> bool {
         if self.old.is_empty() {
-            return;
+            return false;
         }
         let end = self.moved.saturating_add(buckets).min(self.old.len());
         for i in self.moved..end {
@@ -707,11 +710,12 @@ impl Index {
             self.old = Vec::new();
             self.moved = 0;
         }
+        !self.old.is_empty()
     }
 
     /// Ends a growth under way at once (before work that rewrites or replaces every bucket).
     fn finish_growth(&mut self) {
-        self.grow_step(usize::MAX);
+        let _ = self.grow_step(usize::MAX);
     }
 
     /// Starts loading the table line a lookup of the key will probe first, so that work done
@@ -832,7 +836,7 @@ impl Index {
         key: &[u8],
         decide: impl FnOnce(Option<&Entry>) -> Option<Entry>,
     ) -> (Option<Entry>, bool) {
-        self.grow_step(GROW_STEP);
+        let _ = self.grow_step(GROW_STEP);
         let tag = self.tag_of(ns, key);
         if let Some((slot, off)) = self.find(ns, key, tag) {
             let old = self.entry(off);
@@ -868,7 +872,7 @@ impl Index {
 
     /// Removes a key. Returns its entry.
     pub fn remove(&mut self, ns: u8, key: &[u8]) -> Option<Entry> {
-        self.grow_step(GROW_STEP);
+        let _ = self.grow_step(GROW_STEP);
         let (slot, off) = self.find(ns, key, self.tag_of(ns, key))?;
         let entry = self.entry(off);
         if !self.bulk {
@@ -1537,6 +1541,35 @@ mod tests {
             // Enough distinct keys always pass the first growth (16 buckets).
             prop_assert!(grew || model.len() < 13);
         }
+    }
+
+    #[test]
+    fn a_growth_left_halfway_is_finished_by_larger_steps_and_gives_its_memory_back() {
+        let mut idx = Index::new();
+        let mut model = BTreeMap::new();
+        let mut i = 0u64;
+        // Write until a growth of a table of at least 4096 buckets is under way.
+        while idx.old.len() < 4096 {
+            let key = format!("key{i}").into_bytes();
+            idx.upsert(0, &key, e(i + 1, 0));
+            model.insert((0u8, key), e(i + 1, 0));
+            i += 1;
+        }
+        let before = idx.memory_bytes();
+        let old_bytes = idx.old.capacity() * std::mem::size_of::<Bucket>();
+        // Steps of 1000 buckets: true while buckets are left, then false, then the old table is
+        // gone.
+        let mut steps = 0;
+        while idx.grow_step(1000) {
+            steps += 1;
+            check_structure(&idx);
+        }
+        assert!(steps >= 3, "{steps}");
+        assert!(idx.old.is_empty());
+        assert!(!idx.grow_step(1000));
+        assert_eq!(idx.memory_bytes(), before - old_bytes);
+        check_structure(&idx);
+        check_against(&mut idx, &model);
     }
 
     fn apply_ops(

@@ -491,7 +491,8 @@ impl Store {
 
     /// Runs expiry and compaction now and reports what they did: every due key is expired, hint
     /// files are written, dead segments dropped, and segments past the dead-ratio threshold
-    /// rewritten (one bounded group per call).
+    /// rewritten (one bounded group per call). A growth of the index's hash table that writes
+    /// left under way is finished too (the background compactor does the same when it wakes).
     pub fn compact(&self) -> Result<CompactionReport> {
         let mut expired = 0;
         loop {
@@ -501,6 +502,7 @@ impl Store {
             }
             expired += n as u64;
         }
+        finish_table_growth(&self.inner);
         let mut report = compaction::run(&self.inner)?;
         report.expired_keys = expired;
         Ok(report)
@@ -1063,6 +1065,7 @@ fn compactor_worker(inner: &Inner, inbox: &Inbox) {
         if inner.poison.is_set() || inner.closed.load(Ordering::SeqCst) {
             continue;
         }
+        finish_table_growth(inner);
         if let Err(e) = compaction::run(inner) {
             // Corruption or I/O trouble in a sealed segment: compaction leaves that segment alone
             // and tries again later; the error is kept for `Stats`.
@@ -1071,6 +1074,25 @@ fn compactor_worker(inner: &Inner, inbox: &Inbox) {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         }
+    }
+}
+
+/// Buckets of the index's old table a background step moves while holding the state lock (about
+/// a millisecond of a writer's wait at most).
+const QUIET_GROW_STEP: usize = 1 << 16;
+
+/// Ends a growth of the index's hash table that writes left under way (writes move its buckets a
+/// few at a time and may stop before all have moved), a step at a time with the lock released
+/// in between, so that the old table's memory is given back when a store goes quiet.
+fn finish_table_growth(inner: &Inner) {
+    while inner
+        .state
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .index
+        .grow_step(QUIET_GROW_STEP)
+    {
+        std::thread::yield_now();
     }
 }
 
