@@ -27,6 +27,7 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
 
 use crate::words::Words;
 
@@ -215,6 +216,74 @@ fn advise_huge_pages<T>(buf: &Vec<T>) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = buf;
+}
+
+/// Turns a table built at open into huge pages on a thread of its own, one huge page at a time,
+/// until it is done or the owner stops it (dropping this handle).
+///
+/// A table built at open is faulted in small pages (populating huge pages there cost 13 to 43 ms
+/// per million keys of open time) and only advised for huge pages, which the kernel's background
+/// scan takes minutes to act on; until then every point read pays a TLB miss on the table. With
+/// `MADV_COLLAPSE` (Linux 6.1) a second core does it in 20 to 45 ms right after open: random gets
+/// after open were 8% faster (5 alternations). The kernel keeps the contents as they are,
+/// whatever the index does with the memory meanwhile; the handle only guarantees that no call
+/// is made once the table may have been freed: each call runs under the lock that `drop` takes.
+struct Collapser {
+    stopped: Arc<Mutex<bool>>,
+}
+
+impl Collapser {
+    /// Starts collapsing the huge pages wholly inside `table` (nothing for a small table, or
+    /// where threads cannot be started).
+    fn start(table: &[Bucket]) -> Option<Collapser> {
+        #[cfg(target_os = "linux")]
+        {
+            /// `MADV_COLLAPSE` (Linux ABI; not in every libc binding).
+            const MADV_COLLAPSE: libc::c_int = 25;
+            const HUGE: usize = 2 << 20;
+            let start = (table.as_ptr() as usize).next_multiple_of(HUGE);
+            let end = (table.as_ptr() as usize + std::mem::size_of_val(table)) / HUGE * HUGE;
+            if end <= start {
+                return None;
+            }
+            let stopped = Arc::new(Mutex::new(false));
+            let flag = stopped.clone();
+            let spawned = std::thread::Builder::new()
+                .name("ttlstore-collapse".into())
+                .spawn(move || {
+                    let mut at = start;
+                    while at < end {
+                        let stopped = flag.lock().unwrap_or_else(|e| e.into_inner());
+                        if *stopped {
+                            return;
+                        }
+                        // SAFETY: the range is inside the table, which is alive: its owner sets
+                        // `stopped` under this lock before it frees the table. MADV_COLLAPSE
+                        // never changes the contents of memory.
+                        let r =
+                            unsafe { libc::madvise(at as *mut libc::c_void, HUGE, MADV_COLLAPSE) };
+                        drop(stopped);
+                        if r != 0 {
+                            // Unsupported, or no huge page to be had: it was only advice.
+                            return;
+                        }
+                        at += HUGE;
+                    }
+                });
+            spawned.ok().map(|_| Collapser { stopped })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = table;
+            None
+        }
+    }
+}
+
+impl Drop for Collapser {
+    fn drop(&mut self) {
+        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
 }
 
 /// `n` empty buckets from a zeroed allocation: for a large table, fresh pages not yet touched
@@ -434,6 +503,9 @@ pub struct Index {
     /// Buckets of `old` before this one have moved: their copies there are stale, kept only so
     /// that probe sequences through them stay intact.
     moved: usize,
+    /// Turning the table built at open into huge pages (see [`Collapser`]); dropped (which stops
+    /// it) before that table is replaced or freed.
+    collapser: Option<Collapser>,
     hasher: hashbrown::DefaultHashBuilder,
     leaves: Vec<Vec<u32>>,
     /// While true (bulk load at open) the ordered list is not maintained; `finish_bulk` builds it.
@@ -446,6 +518,13 @@ pub struct Index {
     /// Tests force tag collisions by masking tags (all ones otherwise).
     #[cfg(test)]
     tag_mask: u32,
+}
+
+impl Drop for Index {
+    fn drop(&mut self) {
+        // Before the table is freed with the other fields.
+        self.collapser = None;
+    }
 }
 
 impl Default for Index {
@@ -475,6 +554,7 @@ impl Index {
             table: zeroed_buckets(MIN_BUCKETS),
             old: Vec::new(),
             moved: 0,
+            collapser: None,
             hasher: hashbrown::DefaultHashBuilder::default(),
             leaves: Vec::new(),
             bulk: false,
@@ -666,6 +746,7 @@ impl Index {
 
     /// Rebuilds the table with `n` buckets at once (tags give homes: the arena is not read).
     fn resize_table(&mut self, n: usize) {
+        self.collapser = None;
         self.finish_growth();
         let mut table = new_table(n);
         for &b in self.table.iter().filter(|b| !b.is_empty()) {
@@ -682,6 +763,7 @@ impl Index {
             // A growth still under way (only when far more than `extra` keys came at once) ends
             // here first: the new table must hold every key.
             self.finish_growth();
+            self.collapser = None;
             let grown = self.table.len() / GROW_DEN * GROW_NUM;
             let n = buckets_for(want, MAX_LOAD_PCT).max(grown.next_multiple_of(8));
             self.old = std::mem::replace(&mut self.table, new_table(n));
@@ -1243,6 +1325,7 @@ impl Index {
         st: Staged,
         mut resolve: impl FnMut(&[Entry], &mut [bool]) -> usize,
     ) {
+        self.collapser = None;
         self.finish_growth();
         let mut sorted = st.pairs;
         let n = buckets_for(sorted.len(), 80).max(self.table.len());
@@ -1326,9 +1409,17 @@ impl Index {
             i = j;
         }
         // Advised once filled, as `resize_table` does: faulting fresh huge pages in during the
-        // load made it slower (and less predictable) than small pages.
+        // load made it slower (and less predictable) than small pages. The store has it made huge
+        // once open is done ([`Index::collapse_in_background`]).
         advise_huge_pages(&table);
         self.table = table;
+    }
+
+    /// Starts turning the table into huge pages on a thread of its own (see [`Collapser`]): for
+    /// a table built at open, once the open is done (while open runs, the kernel's collapse
+    /// would hold up its page faults). Returns at once.
+    pub fn collapse_in_background(&mut self) {
+        self.collapser = Collapser::start(&self.table);
     }
 
     /// Ends a staged load: calls `visit(entry, expires, changed, current)` for every

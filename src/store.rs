@@ -370,6 +370,14 @@ impl Store {
             compactor.wake();
             workers.push(compactor);
         }
+        if inner.opts.background {
+            inner
+                .state
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .index
+                .collapse_in_background();
+        }
         let wakers: Vec<_> = workers.iter().map(Worker::waker).collect();
         let clock_waker: Option<Arc<Waker>> = if wakers.is_empty() {
             None
