@@ -525,12 +525,11 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                     c.value.len(),
                     c.expires_at.is_some(),
                 );
-                // At most a version 1 record's length: below 4 GiB.
                 if st
                     .index
-                    .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, cost as u32)
+                    .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, cost)
                 {
-                    info.live_bytes += cost;
+                    info.live_bytes += u64::from(cost);
                     info.live_keys += 1;
                 }
             }

@@ -449,19 +449,24 @@ pub fn key_hash(ns: u8, key: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
+// A version 1 put record (prefix, kind, sequence, namespace, two lengths, expiry, key, value)
+// of the largest key and value stays below 4 GiB: `put_cost` fits a `u32`.
+const _: () = assert!(crate::MAX_KEY_LEN + crate::MAX_VALUE_LEN + 64 < u32::MAX as usize);
+
 /// The bytes a put is accounted as in [`SegmentInfo::live_bytes`], from where its record starts
 /// (`rec_off`) and where its value starts and how long it is: for a put that is a record of its
 /// own (the common case, compact or version 1) its exact record length, from the record's start
 /// to the end of its value, which is the record's last field. For an entry of a batch, whose
 /// value can lie far from the batch's start, the length of a version 1 record of the same put
-/// (approximate: the batch's own fields are not shared out).
+/// (approximate: the batch's own fields are not shared out). At most a version 1 record's
+/// length, which the key and value limits keep below 4 GiB: it fits the index entry's `u32`.
 pub fn put_cost(
     key_len: usize,
     rec_off: u32,
     val_off: u32,
     val_len: usize,
     has_expiry: bool,
-) -> u64 {
+) -> u32 {
     let alone = (format::RECORD_PREFIX
         + 1
         + 8
@@ -473,7 +478,7 @@ pub fn put_cost(
         + val_len) as u64;
     let span = u64::from(val_off.saturating_sub(rec_off)) + val_len as u64;
     // A record of its own is never longer than its version 1 form; a batch entry's span is.
-    if span <= alone { span } else { alone }
+    span.min(alone) as u32
 }
 
 #[cfg(test)]

@@ -161,14 +161,13 @@ pub(crate) fn put_entry(op: &Op<'_>, seg: u32, rec_off: u32) -> Entry {
         expires_at: op.expires_at.unwrap_or(0),
         seg,
         rec_off,
-        // At most a version 1 record's length (`put_cost`): below 4 GiB.
         cost: put_cost(
             op.key.len(),
             rec_off,
             rec_off + op.value_offset as u32,
             op.value.len(),
             op.expires_at.is_some(),
-        ) as u32,
+        ),
     }
 }
 
