@@ -28,9 +28,10 @@ use crate::segment::{Segment, SegmentInfo};
 use crate::state::{Applied, State};
 use crate::storage::Storage;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 /// The store's poison flag: set by a failed sync or a panicking background thread.
 #[derive(Debug, Default)]
@@ -137,6 +138,70 @@ struct SyncState {
     /// Targets of succeeded syncs, each with the ticket count that must be reached by
     /// `done_below` before it is published.
     pending: Vec<(u64, u64)>,
+    /// How the next group is gathered, from what recent syncs saw.
+    groups: GroupStats,
+}
+
+/// What recent group-commit syncs saw, for the next leader's gather (see [`Log::gather`]).
+#[derive(Debug, Default)]
+struct GroupStats {
+    /// The commit count ([`Log::commits`]) when the last leader read its sync target.
+    commits_at_start: u64,
+    /// The largest group (commits per leader's sync) among recent syncs.
+    largest: u64,
+    /// Syncs since one reached `largest`; past [`GROUP_MEMORY`] the figure starts afresh.
+    largest_age: u32,
+    /// Moving average of a leader's fdatasync, in nanoseconds.
+    sync_nanos: u64,
+}
+
+/// How many syncs a large group is remembered for when later groups are smaller: when writers
+/// go quiet, at most this many syncs wait for arrivals that do not come.
+const GROUP_MEMORY: u32 = 16;
+
+/// Bounds of a leader's wait for its group: the average fdatasync time, within these.
+const GATHER_MIN: Duration = Duration::from_micros(20);
+const GATHER_MAX: Duration = Duration::from_micros(500);
+
+impl GroupStats {
+    /// Notes a leader's sync of everything up to commit count `commits`.
+    fn started(&mut self, commits: u64) {
+        let group = commits.saturating_sub(self.commits_at_start);
+        self.commits_at_start = commits;
+        self.largest_age += 1;
+        if group >= self.largest || self.largest_age > GROUP_MEMORY {
+            self.largest = group;
+            self.largest_age = 0;
+        }
+    }
+
+    /// Notes how long a leader's fdatasync took.
+    fn synced_in(&mut self, took: Duration) {
+        let ns = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.sync_nanos = if self.sync_nanos == 0 {
+            ns
+        } else {
+            (self.sync_nanos * 7 + ns) / 8
+        };
+    }
+
+    /// The gather for the next leader: commits to wait for since the last sync's start, and
+    /// for at most how long.
+    fn gather(&self) -> Gather {
+        Gather {
+            since: self.commits_at_start,
+            want: self.largest.max(1),
+            limit: Duration::from_nanos(self.sync_nanos).clamp(GATHER_MIN, GATHER_MAX),
+        }
+    }
+}
+
+/// A leader's gather (see [`Log::gather`]).
+#[derive(Debug, Clone, Copy)]
+struct Gather {
+    since: u64,
+    want: u64,
+    limit: Duration,
 }
 
 impl SyncState {
@@ -303,7 +368,14 @@ pub struct Log {
     policy: SyncPolicy,
     writer: Mutex<WriterState>,
     sync: Mutex<SyncState>,
-    synced_cv: Condvar,
+    /// The published durable position ([`SyncState::synced`]), readable without the lock.
+    published: AtomicU64,
+    /// Bumped once a sync's result is known (published, or the store poisoned); writers waiting
+    /// for a sync sleep on it with [`atomic_wait`], without holding a lock.
+    sync_events: AtomicU32,
+    /// Commits appended since open (one per [`Log::commit`]): group commit sizes its groups
+    /// in them.
+    commits: AtomicU64,
     /// Poison flag, shared with the store.
     pub poison: Arc<Poison>,
     /// Number of fdatasyncs the append path has issued (for statistics and tests).
@@ -372,7 +444,9 @@ impl Log {
                 value_offsets: Vec::new(),
             }),
             sync: Mutex::new(SyncState::default()),
-            synced_cv: Condvar::new(),
+            published: AtomicU64::new(0),
+            sync_events: AtomicU32::new(0),
+            commits: AtomicU64::new(0),
             poison,
             syncs: AtomicU64::new(0),
             next_segment_id: AtomicU64::new(next_segment_id),
@@ -500,6 +574,7 @@ impl Log {
         w.tail += len;
         w.next_seq += ops.len() as u64;
         w.appended += len as u64;
+        self.commits.fetch_add(1, Ordering::Release);
         let seg = seg_id as u32;
         {
             if let Some(info) = st.segments.get_mut(&seg) {
@@ -559,7 +634,7 @@ impl Log {
             .start(w.appended);
         if let Err(e) = w.active.file.sync_data() {
             self.poison.poison(format!("fdatasync failed: {e}"));
-            self.synced_cv.notify_all();
+            self.announce();
             return Err(Error::io("fdatasync", &w.active.path, e));
         }
         self.syncs.fetch_add(1, Ordering::Relaxed);
@@ -568,8 +643,9 @@ impl Log {
         {
             let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
             s.succeeded(ticket, w.appended);
-            self.synced_cv.notify_all();
+            self.published.store(s.synced, Ordering::Release);
         }
+        self.announce();
         let reserve =
             crate::segment::reserve_step(self.segment_size).max((HEADER_LEN + need) as u64);
         let start = crate::segment::SegmentStart {
@@ -723,57 +799,110 @@ impl Log {
     }
 
     fn sync_to(&self, pos: u64) -> Result<()> {
+        if self.published.load(Ordering::Acquire) >= pos {
+            return Ok(());
+        }
         let mut g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if g.synced >= pos {
                 return Ok(());
             }
             self.poison.check()?;
-            // Wait if a running sync will cover `pos`, or if as many syncs run as may.
+            // Wait if a running sync will cover `pos`, or if as many syncs run as may. The wait
+            // holds no lock: every waiter a sync releases returns at once, in parallel, rather
+            // than one after the other through the lock (a condition variable's wake-up).
             if g.running_target >= pos || g.running >= MAX_RUNNING_SYNCS {
+                // Read under the lock: a result announced after it changes the value, so the
+                // wait below returns at once instead of missing it.
+                let seen = self.sync_events.load(Ordering::Acquire);
                 self.waiters.fetch_add(1, Ordering::SeqCst);
-                g = self.synced_cv.wait(g).unwrap_or_else(|e| e.into_inner());
+                drop(g);
+                atomic_wait::wait(&self.sync_events, seen);
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
+                if self.published.load(Ordering::Acquire) >= pos {
+                    return Ok(());
+                }
+                g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
                 continue;
             }
             g.running += 1;
+            let gather = g.groups.gather();
             drop(g);
-            // Let writers on their way append before the sync, so one fdatasync covers them:
-            // yield while any holds or waits for the writer lock, and a few times more for
-            // writers just woken by the previous sync. Bounded; a lone writer only pays the
-            // few yields, which return at once when nothing else is runnable.
-            if self.waiters.load(Ordering::SeqCst) > 0 || self.appending.load(Ordering::SeqCst) > 0
-            {
-                let waited = std::time::Instant::now();
-                let mut idle = 0;
-                while idle < 4 && waited.elapsed() < std::time::Duration::from_micros(200) {
-                    if self.appending.load(Ordering::SeqCst) == 0 {
-                        idle += 1;
-                    }
-                    std::thread::yield_now();
-                }
-            }
-            let (seg, target) = {
+            self.gather(gather);
+            let (seg, target, commits) = {
                 let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-                (w.active.clone(), w.appended)
+                (
+                    w.active.clone(),
+                    w.appended,
+                    self.commits.load(Ordering::Acquire),
+                )
             };
             let ticket = {
                 let mut g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                g.groups.started(commits);
                 g.start(target)
             };
+            let began = Instant::now();
             let result = self.sync_segment(&seg);
+            let took = began.elapsed();
             g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
             g.running -= 1;
             match result {
-                Ok(()) => g.succeeded(ticket, target),
+                Ok(()) => {
+                    g.succeeded(ticket, target);
+                    g.groups.synced_in(took);
+                    self.published.store(g.synced, Ordering::Release);
+                }
                 Err(e) => {
                     self.poison.poison(format!("fdatasync failed: {e}"));
-                    self.synced_cv.notify_all();
+                    drop(g);
+                    self.announce();
                     return Err(e);
                 }
             }
-            self.synced_cv.notify_all();
+            drop(g);
+            self.announce();
+            g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    /// A sync leader lets the writers on their way append first, so that one fdatasync covers
+    /// them all: it yields until as many commits arrived since the last sync started as the
+    /// largest group of recent syncs, then while any writer still holds or waits for the
+    /// writer lock (a few yields more at most). Bounded by about one fdatasync's time, so a
+    /// group that does not fill costs at most twice a sync; a lone writer (groups of one, no
+    /// one else appending) does not wait at all, nor does a sync of a store whose writes do not
+    /// wait for syncs.
+    fn gather(&self, gather: Gather) {
+        let Gather { since, want, limit } = gather;
+        // Only writes under `Always` wait for syncs; other syncs (the interval flush, an
+        // explicit `sync`) have no group to gather.
+        let lone = self.policy != SyncPolicy::Always
+            || want <= 1
+                && self.waiters.load(Ordering::SeqCst) == 0
+                && self.appending.load(Ordering::SeqCst) == 0;
+        if lone {
+            return;
+        }
+        let began = Instant::now();
+        let mut extra = 0;
+        while began.elapsed() < limit {
+            let arrived = self.commits.load(Ordering::Acquire).saturating_sub(since);
+            if arrived >= want {
+                if self.appending.load(Ordering::SeqCst) == 0 || extra >= 4 {
+                    return;
+                }
+                extra += 1;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Wakes every writer waiting for a sync's result (after it was published, or after the
+    /// store was poisoned).
+    fn announce(&self) {
+        self.sync_events.fetch_add(1, Ordering::Release);
+        atomic_wait::wake_all(&self.sync_events);
     }
 
     fn sync_segment(&self, seg: &Segment) -> Result<()> {
@@ -860,7 +989,48 @@ fn as_op<'a>(op: &EncOp<'a>, seq: u64, value_offset: usize) -> Op<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::SyncState;
+    use super::{GATHER_MAX, GATHER_MIN, GROUP_MEMORY, GroupStats, SyncState};
+    use std::time::Duration;
+
+    #[test]
+    fn a_leader_waits_for_the_largest_recent_group_and_forgets_it_when_groups_stay_smaller() {
+        let mut g = GroupStats::default();
+        // Nothing seen yet: a group of one, the shortest wait.
+        let first = g.gather();
+        assert_eq!((first.since, first.want, first.limit), (0, 1, GATHER_MIN));
+        g.started(3);
+        g.started(11);
+        let next = g.gather();
+        assert_eq!((next.since, next.want), (11, 8));
+        // Smaller groups leave it in place for a while, then it starts afresh from them.
+        let mut commits = 11;
+        for _ in 0..GROUP_MEMORY {
+            commits += 2;
+            g.started(commits);
+            assert_eq!(g.gather().want, 8);
+        }
+        commits += 2;
+        g.started(commits);
+        assert_eq!(g.gather().want, 2);
+        assert_eq!(g.gather().since, commits);
+    }
+
+    #[test]
+    fn a_leader_waits_about_one_sync_within_bounds() {
+        let mut g = GroupStats::default();
+        g.synced_in(Duration::from_micros(120));
+        assert_eq!(g.gather().limit, Duration::from_micros(120));
+        // A moving average: one slow sync moves it an eighth of the way.
+        g.synced_in(Duration::from_micros(920));
+        assert_eq!(g.gather().limit, Duration::from_micros(220));
+        for _ in 0..64 {
+            g.synced_in(Duration::from_millis(30));
+        }
+        assert_eq!(g.gather().limit, GATHER_MAX);
+        let mut fast = GroupStats::default();
+        fast.synced_in(Duration::from_micros(3));
+        assert_eq!(fast.gather().limit, GATHER_MIN);
+    }
 
     #[test]
     fn a_sync_is_published_at_once_when_nothing_overlapped_it() {

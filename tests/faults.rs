@@ -277,3 +277,66 @@ fn a_read_error_at_open_is_an_io_error_never_corruption() {
     let (store, _) = open(dir.path());
     check_present(&store, 0..100);
 }
+
+/// Group commit with a failed fsync: writers waiting for the failed sync, or for the next one,
+/// all return an error (the sync's own `Io`, or `Poisoned`) instead of waiting forever, and
+/// every write acknowledged before is there after a reopen.
+#[test]
+fn a_failed_fsync_under_group_commit_releases_every_waiting_writer_with_an_error() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, faults) = FaultStorage::new(Arc::new(OsStorage));
+    let opts = Options::default()
+        .sync(SyncPolicy::Always)
+        .background_threads(false)
+        .clock(Arc::new(ManualClock::new(T0)))
+        .storage(fs);
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    const THREADS: u32 = 8;
+    let acked: Arc<Vec<AtomicU32>> = Arc::new((0..THREADS).map(|_| AtomicU32::new(0)).collect());
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in 0..THREADS {
+        let (store, acked, tx) = (store.clone(), acked.clone(), tx.clone());
+        std::thread::spawn(move || {
+            for i in 0.. {
+                match store.put(&key(t * 100_000 + i), &value(t * 100_000 + i)) {
+                    Ok(()) => acked[t as usize].store(i + 1, Ordering::SeqCst),
+                    Err(e) => {
+                        let _ = tx.send(e);
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    // Let the writers form groups, then fail one fsync.
+    while acked.iter().map(|a| a.load(Ordering::SeqCst)).sum::<u32>() < 400 {
+        std::thread::yield_now();
+    }
+    faults.inject(FaultKind::Sync, EIO, 1);
+    let mut io_errors = 0;
+    for _ in 0..THREADS {
+        // A writer left waiting for a sync that will never come would hang here.
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("every writer returns once the fsync failed");
+        match e {
+            Error::Io { .. } if errno(&e) == Some(EIO) => io_errors += 1,
+            Error::Poisoned { .. } => {}
+            other => panic!("a writer failed with {other:?}"),
+        }
+    }
+    assert_eq!(
+        io_errors, 1,
+        "only the leader of the failed sync sees its EIO"
+    );
+    assert!(store.stats().poisoned);
+    drop(store);
+    let (store, _) = open(dir.path());
+    for t in 0..THREADS {
+        check_present(
+            &store,
+            t * 100_000..t * 100_000 + acked[t as usize].load(Ordering::SeqCst),
+        );
+    }
+}
