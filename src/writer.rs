@@ -138,6 +138,9 @@ struct SyncState {
     /// Targets of succeeded syncs, each with the ticket count that must be reached by
     /// `done_below` before it is published.
     pending: Vec<(u64, u64)>,
+    /// The writers sleeping for a sync: the log position each waits for, and how long it
+    /// usually takes to come back with its next write once released ([`Returns`]).
+    waiting: Vec<(u64, Duration)>,
     /// How the next group is gathered, from what recent syncs saw.
     groups: GroupStats,
 }
@@ -147,17 +150,14 @@ struct SyncState {
 struct GroupStats {
     /// The commit count ([`Log::commits`]) when the last leader read its sync target.
     commits_at_start: u64,
-    /// The largest group (commits per leader's sync) among recent syncs.
-    largest: u64,
-    /// Syncs since one reached `largest`; past [`GROUP_MEMORY`] the figure starts afresh.
-    largest_age: u32,
+    /// Writers the last published sync released that usually come back with their next write
+    /// within a gather's time (writers that do other work between writes are not waited for).
+    released: u64,
+    /// Whether the leader of the last sync is such a writer too.
+    leader_returns: bool,
     /// Moving average of a leader's fdatasync, in nanoseconds.
     sync_nanos: u64,
 }
-
-/// How many syncs a large group is remembered for when later groups are smaller: when writers
-/// go quiet, at most this many syncs wait for arrivals that do not come.
-const GROUP_MEMORY: u32 = 16;
 
 /// Bounds of a leader's wait for its group: the average fdatasync time, within these.
 const GATHER_MIN: Duration = Duration::from_micros(20);
@@ -166,13 +166,12 @@ const GATHER_MAX: Duration = Duration::from_micros(500);
 impl GroupStats {
     /// Notes a leader's sync of everything up to commit count `commits`.
     fn started(&mut self, commits: u64) {
-        let group = commits.saturating_sub(self.commits_at_start);
         self.commits_at_start = commits;
-        self.largest_age += 1;
-        if group >= self.largest || self.largest_age > GROUP_MEMORY {
-            self.largest = group;
-            self.largest_age = 0;
-        }
+    }
+
+    /// The longest a leader waits for its group: about one fdatasync.
+    fn limit(&self) -> Duration {
+        Duration::from_nanos(self.sync_nanos).clamp(GATHER_MIN, GATHER_MAX)
     }
 
     /// Notes how long a leader's fdatasync took.
@@ -185,14 +184,67 @@ impl GroupStats {
         };
     }
 
-    /// The gather for the next leader: commits to wait for since the last sync's start, and
-    /// for at most how long.
+    /// The gather for the next leader: commits to wait for since the last sync's start (one
+    /// from each writer the last sync released that comes back quickly, its leader included),
+    /// and for at most how long.
     fn gather(&self) -> Gather {
         Gather {
             since: self.commits_at_start,
-            want: self.largest.max(1),
-            limit: Duration::from_nanos(self.sync_nanos).clamp(GATHER_MIN, GATHER_MAX),
+            want: (self.released + u64::from(self.leader_returns)).max(1),
+            limit: self.limit(),
         }
+    }
+}
+
+/// How long the calling thread takes to come back with its next durable write after a sync
+/// released it, for the log it last wrote to: a moving average kept per thread, so that a
+/// leader waits only for released writers that write in a loop, not for ones that do other
+/// work in between (see [`Log::gather`]).
+#[derive(Debug, Clone, Copy)]
+struct Returns {
+    /// The log (its address: only compared, never dereferenced).
+    log: usize,
+    /// When the last sync released this thread, if it has not written since.
+    released: Option<Instant>,
+    /// Moving average of the time from release to the next write.
+    back: Duration,
+}
+
+thread_local! {
+    static RETURNS: std::cell::Cell<Option<Returns>> = const { std::cell::Cell::new(None) };
+}
+
+impl Returns {
+    /// Notes that this thread arrives at `log` with a write to wait for; returns its usual
+    /// time to come back (zero when it has no history: waited for until known).
+    fn arrive(log: &Log) -> Duration {
+        let id = log as *const Log as usize;
+        RETURNS.with(|r| {
+            let mut cur = match r.get() {
+                Some(cur) if cur.log == id => cur,
+                _ => Returns {
+                    log: id,
+                    released: None,
+                    back: Duration::ZERO,
+                },
+            };
+            if let Some(at) = cur.released.take() {
+                cur.back = (cur.back * 3 + at.elapsed()) / 4;
+            }
+            r.set(Some(cur));
+            cur.back
+        })
+    }
+
+    /// Notes that a sync of `log` just released this thread.
+    fn released(log: &Log) {
+        let id = log as *const Log as usize;
+        RETURNS.with(|r| {
+            if let Some(mut cur) = r.get().filter(|cur| cur.log == id) {
+                cur.released = Some(Instant::now());
+                r.set(Some(cur));
+            }
+        });
     }
 }
 
@@ -232,6 +284,18 @@ impl SyncState {
                 true
             }
         });
+        if synced > self.synced {
+            let limit = self.groups.limit();
+            let mut returning = 0;
+            self.waiting.retain(|&(pos, back)| {
+                if pos > synced {
+                    return true;
+                }
+                returning += u64::from(back <= limit);
+                false
+            });
+            self.groups.released = returning;
+        }
         self.synced = synced;
     }
 }
@@ -799,6 +863,7 @@ impl Log {
     }
 
     fn sync_to(&self, pos: u64) -> Result<()> {
+        let back = Returns::arrive(self);
         if self.published.load(Ordering::Acquire) >= pos {
             return Ok(());
         }
@@ -815,14 +880,20 @@ impl Log {
                 // Read under the lock: a result announced after it changes the value, so the
                 // wait below returns at once instead of missing it.
                 let seen = self.sync_events.load(Ordering::Acquire);
+                g.waiting.push((pos, back));
                 self.waiters.fetch_add(1, Ordering::SeqCst);
                 drop(g);
                 atomic_wait::wait(&self.sync_events, seen);
                 self.waiters.fetch_sub(1, Ordering::SeqCst);
+                // Covered: the sync that published it also took this writer's entry out.
                 if self.published.load(Ordering::Acquire) >= pos {
+                    Returns::released(self);
                     return Ok(());
                 }
                 g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(i) = g.waiting.iter().position(|&(p, _)| p == pos) {
+                    g.waiting.swap_remove(i);
+                }
                 continue;
             }
             g.running += 1;
@@ -849,8 +920,9 @@ impl Log {
             g.running -= 1;
             match result {
                 Ok(()) => {
-                    g.succeeded(ticket, target);
                     g.groups.synced_in(took);
+                    g.succeeded(ticket, target);
+                    g.groups.leader_returns = back <= g.groups.limit();
                     self.published.store(g.synced, Ordering::Release);
                 }
                 Err(e) => {
@@ -862,13 +934,17 @@ impl Log {
             }
             drop(g);
             self.announce();
+            if target >= pos {
+                Returns::released(self);
+                return Ok(());
+            }
             g = self.sync.lock().unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// A sync leader lets the writers on their way append first, so that one fdatasync covers
-    /// them all: it yields until as many commits arrived since the last sync started as the
-    /// largest group of recent syncs, then while any writer still holds or waits for the
+    /// them all: it yields until a commit from each writer the last sync released (and its
+    /// own) arrived since that sync started, then while any writer still holds or waits for the
     /// writer lock (a few yields more at most). Bounded by about one fdatasync's time, so a
     /// group that does not fill costs at most twice a sync; a lone writer (groups of one, no
     /// one else appending) does not wait at all, nor does a sync of a store whose writes do not
@@ -989,30 +1065,44 @@ fn as_op<'a>(op: &EncOp<'a>, seq: u64, value_offset: usize) -> Op<'a> {
 
 #[cfg(test)]
 mod tests {
-    use super::{GATHER_MAX, GATHER_MIN, GROUP_MEMORY, GroupStats, SyncState};
+    use super::{GATHER_MAX, GATHER_MIN, GroupStats, SyncState};
     use std::time::Duration;
 
     #[test]
-    fn a_leader_waits_for_the_largest_recent_group_and_forgets_it_when_groups_stay_smaller() {
-        let mut g = GroupStats::default();
+    fn a_leader_waits_for_the_writers_the_last_sync_released_that_come_back_quickly() {
+        let mut s = SyncState::default();
         // Nothing seen yet: a group of one, the shortest wait.
-        let first = g.gather();
+        let first = s.groups.gather();
         assert_eq!((first.since, first.want, first.limit), (0, 1, GATHER_MIN));
-        g.started(3);
-        g.started(11);
-        let next = g.gather();
-        assert_eq!((next.since, next.want), (11, 8));
-        // Smaller groups leave it in place for a while, then it starts afresh from them.
-        let mut commits = 11;
-        for _ in 0..GROUP_MEMORY {
-            commits += 2;
-            g.started(commits);
-            assert_eq!(g.gather().want, 8);
-        }
-        commits += 2;
-        g.started(commits);
-        assert_eq!(g.gather().want, 2);
-        assert_eq!(g.gather().since, commits);
+        s.groups.synced_in(Duration::from_micros(100));
+        // Four writers sleep for positions 10, 20, 30 and 20; the one at 20 that usually
+        // takes a millisecond to write again is not waited for.
+        let quick = Duration::from_micros(30);
+        s.waiting.extend([
+            (10, quick),
+            (30, quick),
+            (20, Duration::from_millis(1)),
+            (20, quick),
+        ]);
+        s.groups.started(7);
+        let t = s.start(20);
+        s.succeeded(t, 20);
+        assert_eq!(s.waiting, vec![(30, quick)]);
+        s.groups.leader_returns = true;
+        let next = s.groups.gather();
+        assert_eq!((next.since, next.want), (7, 3));
+        assert_eq!(next.limit, Duration::from_micros(100));
+        // A sync that publishes nothing new leaves the figure as it was.
+        s.groups.started(9);
+        let t = s.start(15);
+        s.succeeded(t, 15);
+        assert_eq!(s.waiting, vec![(30, quick)]);
+        assert_eq!(s.groups.gather().want, 3);
+        s.groups.leader_returns = false;
+        let t = s.start(40);
+        s.succeeded(t, 40);
+        assert!(s.waiting.is_empty());
+        assert_eq!(s.groups.gather().want, 1);
     }
 
     #[test]

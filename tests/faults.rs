@@ -295,9 +295,10 @@ fn a_failed_fsync_under_group_commit_releases_every_waiting_writer_with_an_error
     const THREADS: u32 = 8;
     let acked: Arc<Vec<AtomicU32>> = Arc::new((0..THREADS).map(|_| AtomicU32::new(0)).collect());
     let (tx, rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
     for t in 0..THREADS {
         let (store, acked, tx) = (store.clone(), acked.clone(), tx.clone());
-        std::thread::spawn(move || {
+        handles.push(std::thread::spawn(move || {
             for i in 0.. {
                 match store.put(&key(t * 100_000 + i), &value(t * 100_000 + i)) {
                     Ok(()) => acked[t as usize].store(i + 1, Ordering::SeqCst),
@@ -307,7 +308,7 @@ fn a_failed_fsync_under_group_commit_releases_every_waiting_writer_with_an_error
                     }
                 }
             }
-        });
+        }));
     }
     // Let the writers form groups, then fail one fsync.
     while acked.iter().map(|a| a.load(Ordering::SeqCst)).sum::<u32>() < 400 {
