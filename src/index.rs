@@ -366,6 +366,12 @@ pub(crate) fn prefetch<T>(items: &[T], i: usize) {
     let _ = (items, i);
 }
 
+/// A key's hash tag in one index ([`Index::key_tag`]): it depends only on the key and the
+/// index's hash seed, so it stays valid while the table grows. Computed once per key on the
+/// write path, for both the prefetch of its table line and the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyTag(u32);
+
 /// Walks the probe sequence of `tag` in `table`, calling `hit(bucket number, bucket)` for each
 /// bucket that carries the tag, until it returns `Some`; `None` at the first empty bucket.
 fn probe_in<T>(
@@ -801,10 +807,16 @@ impl Index {
         let _ = self.grow_step(usize::MAX);
     }
 
-    /// Starts loading the table line a lookup of the key will probe first, so that work done
-    /// before the lookup (encoding and checksumming a record) overlaps the cache miss.
-    pub fn prefetch(&self, ns: u8, key: &[u8]) {
-        prefetch(&self.table, home(self.tag_of(ns, key), self.table.len()));
+    /// The key's hash tag, for the calls that take one instead of hashing the key again.
+    pub fn key_tag(&self, ns: u8, key: &[u8]) -> KeyTag {
+        KeyTag(self.tag_of(ns, key))
+    }
+
+    /// Starts loading the table line a lookup of the key (of tag `tag`) will probe first, so
+    /// that work done before the lookup (encoding and checksumming a record) overlaps the cache
+    /// miss.
+    pub fn prefetch(&self, tag: KeyTag) {
+        prefetch(&self.table, home(tag.0, self.table.len()));
     }
 
     /// The entry of a key.
@@ -919,8 +931,20 @@ impl Index {
         key: &[u8],
         decide: impl FnOnce(Option<&Entry>) -> Option<Entry>,
     ) -> (Option<Entry>, bool) {
+        self.upsert_tagged(self.key_tag(ns, key), ns, key, decide)
+    }
+
+    /// [`Index::upsert_with`] for a key whose tag the caller has ([`Index::key_tag`]).
+    pub fn upsert_tagged(
+        &mut self,
+        tag: KeyTag,
+        ns: u8,
+        key: &[u8],
+        decide: impl FnOnce(Option<&Entry>) -> Option<Entry>,
+    ) -> (Option<Entry>, bool) {
+        debug_assert_eq!(tag, self.key_tag(ns, key));
         let _ = self.grow_step(GROW_STEP);
-        let tag = self.tag_of(ns, key);
+        let tag = tag.0;
         if let Some((slot, off)) = self.find(ns, key, tag) {
             let old = self.entry(off);
             let Some(entry) = decide(Some(&old)) else {

@@ -833,7 +833,7 @@ mod tests {
                 let key = key_of(g);
                 let op = op_of(g, &key, &value[..usize::from(g.6)]);
                 let rec_off = 64 + n as u32 * 7;
-                reference.apply(id as u32, rec_off, &op, true);
+                reference.apply(id as u32, rec_off, &op, true, None);
                 r.stage_op(&mut acc, id as u32, rec_off, &op);
             }
             acc.add_to(r.state.segments.get_mut(&(id as u32)).unwrap());

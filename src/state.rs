@@ -3,7 +3,7 @@
 //! always agree.
 
 use crate::format::{KIND_DELETE, KIND_EXPIRE, KIND_PUT, Op};
-use crate::index::{Entry, Index, TOMBSTONE};
+use crate::index::{Entry, Index, KeyTag, TOMBSTONE};
 use crate::segment::{SegmentInfo, put_cost};
 use std::collections::BTreeMap;
 
@@ -59,7 +59,16 @@ impl State {
     /// Recovery itself stages its ops and resolves each key in one go (`recovery::resolve_key`
     /// and `recovery::finish_staged`), which must end exactly as this mode does: its tests
     /// compare the two.
-    pub fn apply(&mut self, seg: u32, rec_off: u32, op: &Op<'_>, replay: bool) -> Applied {
+    ///
+    /// `tag` is the key's tag ([`Index::key_tag`]) when the caller has it.
+    pub fn apply(
+        &mut self,
+        seg: u32,
+        rec_off: u32,
+        op: &Op<'_>,
+        replay: bool,
+        tag: Option<KeyTag>,
+    ) -> Applied {
         // A put needs no lookup first: the upsert decides against what it finds, in one lookup.
         let current = if op.kind != KIND_PUT {
             self.index.get(op.ns, op.key)
@@ -79,9 +88,13 @@ impl State {
             KIND_PUT => {
                 let entry = put_entry(op, seg, rec_off);
                 // During replay an older op than the key's current one is stale.
-                let (old, changed) = self.index.upsert_with(op.ns, op.key, |cur| {
+                let decide = |cur: Option<&Entry>| {
                     (!replay || cur.is_none_or(|c| c.seq < op.seq)).then_some(entry)
-                });
+                };
+                let (old, changed) = match tag {
+                    Some(tag) => self.index.upsert_tagged(tag, op.ns, op.key, decide),
+                    None => self.index.upsert_with(op.ns, op.key, decide),
+                };
                 if !changed {
                     if let Some(info) = self.segments.get_mut(&seg) {
                         info.saw_seq(op.seq);

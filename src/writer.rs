@@ -624,9 +624,12 @@ impl Log {
         // The state lock is taken before the record is encoded so that the index's first cache
         // miss for each key (prefetched here) overlaps the copy and the checksum.
         let mut st = state.write().unwrap_or_else(|e| e.into_inner());
-        for op in ops.iter().take(PREFETCH_OPS) {
+        let mut tags = [None; PREFETCH_OPS];
+        for (tag, op) in tags.iter_mut().zip(ops) {
             let (ns, key) = op_key(op);
-            st.index.prefetch(ns, key);
+            let t = st.index.key_tag(ns, key);
+            st.index.prefetch(t);
+            *tag = Some(t);
         }
         {
             // SAFETY of the aliasing: bytes rec_off..rec_off+len lie past every byte a reader was
@@ -646,7 +649,8 @@ impl Log {
             }
             for (i, op) in ops.iter().enumerate() {
                 let dop = as_op(op, seq + i as u64, offsets[i]);
-                let result = st.apply(seg, rec_off as u32, &dop, false);
+                let tag = tags.get(i).copied().flatten();
+                let result = st.apply(seg, rec_off as u32, &dop, false, tag);
                 if let Some(a) = applied.as_deref_mut() {
                     a.push(result);
                 }
