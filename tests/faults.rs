@@ -332,6 +332,10 @@ fn a_failed_fsync_under_group_commit_releases_every_waiting_writer_with_an_error
         "only the leader of the failed sync sees its EIO"
     );
     assert!(store.stats().poisoned);
+    // Every writer has returned; its handle on the store goes with its thread.
+    for h in handles {
+        h.join().unwrap();
+    }
     drop(store);
     let (store, _) = open(dir.path());
     for t in 0..THREADS {
