@@ -187,8 +187,9 @@ impl GroupStats {
     /// The gather for the next leader: commits to wait for since the last sync's start (one
     /// from each writer the last sync released that comes back quickly, its leader included),
     /// and for at most how long.
-    fn gather(&self) -> Gather {
+    fn gather(&self, waiting: usize) -> Gather {
         Gather {
+            waiting,
             since: self.commits_at_start,
             want: (self.released + u64::from(self.leader_returns)).max(1),
             limit: self.limit(),
@@ -251,6 +252,8 @@ impl Returns {
 /// A leader's gather (see [`Log::gather`]).
 #[derive(Debug, Clone, Copy)]
 struct Gather {
+    /// Writers waiting for a sync when the leader took over.
+    waiting: usize,
     since: u64,
     want: u64,
     limit: Duration,
@@ -451,8 +454,6 @@ pub struct Log {
     /// Writers that asked for the writer lock and have not released it: a sync leader lets
     /// them finish their append first, so one fdatasync covers them all.
     appending: AtomicUsize,
-    /// Writers waiting for a sync led by another: a sign that writers are concurrent.
-    waiters: AtomicUsize,
     prefaulter: Prefaulter,
 }
 
@@ -516,7 +517,6 @@ impl Log {
             next_segment_id: AtomicU64::new(next_segment_id),
             on_seal: OnceLock::new(),
             appending: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
             prefaulter: Prefaulter::new(opts.background),
         }
     }
@@ -885,10 +885,8 @@ impl Log {
                 // wait below returns at once instead of missing it.
                 let seen = self.sync_events.load(Ordering::Acquire);
                 g.waiting.push((pos, back));
-                self.waiters.fetch_add(1, Ordering::SeqCst);
                 drop(g);
                 atomic_wait::wait(&self.sync_events, seen);
-                self.waiters.fetch_sub(1, Ordering::SeqCst);
                 // Covered: the sync that published it also took this writer's entry out.
                 if self.published.load(Ordering::Acquire) >= pos {
                     Returns::released(self);
@@ -901,7 +899,7 @@ impl Log {
                 continue;
             }
             g.running += 1;
-            let gather = g.groups.gather();
+            let gather = g.groups.gather(g.waiting.len());
             drop(g);
             self.gather(gather);
             let (seg, target, commits) = {
@@ -954,13 +952,16 @@ impl Log {
     /// one else appending) does not wait at all, nor does a sync of a store whose writes do not
     /// wait for syncs.
     fn gather(&self, gather: Gather) {
-        let Gather { since, want, limit } = gather;
+        let Gather {
+            waiting,
+            since,
+            want,
+            limit,
+        } = gather;
         // Only writes under `Always` wait for syncs; other syncs (the interval flush, an
         // explicit `sync`) have no group to gather.
         let lone = self.policy != SyncPolicy::Always
-            || want <= 1
-                && self.waiters.load(Ordering::SeqCst) == 0
-                && self.appending.load(Ordering::SeqCst) == 0;
+            || want <= 1 && waiting == 0 && self.appending.load(Ordering::SeqCst) == 0;
         if lone {
             return;
         }
@@ -1076,7 +1077,7 @@ mod tests {
     fn a_leader_waits_for_the_writers_the_last_sync_released_that_come_back_quickly() {
         let mut s = SyncState::default();
         // Nothing seen yet: a group of one, the shortest wait.
-        let first = s.groups.gather();
+        let first = s.groups.gather(0);
         assert_eq!((first.since, first.want, first.limit), (0, 1, GATHER_MIN));
         s.groups.synced_in(Duration::from_micros(100));
         // Four writers sleep for positions 10, 20, 30 and 20; the one at 20 that usually
@@ -1093,7 +1094,7 @@ mod tests {
         s.succeeded(t, 20);
         assert_eq!(s.waiting, vec![(30, quick)]);
         s.groups.leader_returns = true;
-        let next = s.groups.gather();
+        let next = s.groups.gather(0);
         assert_eq!((next.since, next.want), (7, 3));
         assert_eq!(next.limit, Duration::from_micros(100));
         // A sync that publishes nothing new leaves the figure as it was.
@@ -1101,29 +1102,29 @@ mod tests {
         let t = s.start(15);
         s.succeeded(t, 15);
         assert_eq!(s.waiting, vec![(30, quick)]);
-        assert_eq!(s.groups.gather().want, 3);
+        assert_eq!(s.groups.gather(0).want, 3);
         s.groups.leader_returns = false;
         let t = s.start(40);
         s.succeeded(t, 40);
         assert!(s.waiting.is_empty());
-        assert_eq!(s.groups.gather().want, 1);
+        assert_eq!(s.groups.gather(0).want, 1);
     }
 
     #[test]
     fn a_leader_waits_about_one_sync_within_bounds() {
         let mut g = GroupStats::default();
         g.synced_in(Duration::from_micros(120));
-        assert_eq!(g.gather().limit, Duration::from_micros(120));
+        assert_eq!(g.gather(0).limit, Duration::from_micros(120));
         // A moving average: one slow sync moves it an eighth of the way.
         g.synced_in(Duration::from_micros(920));
-        assert_eq!(g.gather().limit, Duration::from_micros(220));
+        assert_eq!(g.gather(0).limit, Duration::from_micros(220));
         for _ in 0..64 {
             g.synced_in(Duration::from_millis(30));
         }
-        assert_eq!(g.gather().limit, GATHER_MAX);
+        assert_eq!(g.gather(0).limit, GATHER_MAX);
         let mut fast = GroupStats::default();
         fast.synced_in(Duration::from_micros(3));
-        assert_eq!(fast.gather().limit, GATHER_MIN);
+        assert_eq!(fast.gather(0).limit, GATHER_MIN);
     }
 
     #[test]
