@@ -88,13 +88,10 @@ impl State {
             KIND_PUT => {
                 let entry = put_entry(op, seg, rec_off);
                 // During replay an older op than the key's current one is stale.
-                let decide = |cur: Option<&Entry>| {
+                let tag = tag.unwrap_or_else(|| self.index.key_tag(op.ns, op.key));
+                let (old, changed) = self.index.upsert_tagged(tag, op.ns, op.key, |cur| {
                     (!replay || cur.is_none_or(|c| c.seq < op.seq)).then_some(entry)
-                };
-                let (old, changed) = match tag {
-                    Some(tag) => self.index.upsert_tagged(tag, op.ns, op.key, decide),
-                    None => self.index.upsert_with(op.ns, op.key, decide),
-                };
+                });
                 if !changed {
                     if let Some(info) = self.segments.get_mut(&seg) {
                         info.saw_seq(op.seq);
