@@ -710,8 +710,7 @@ impl Log {
         // alongside this one have succeeded too).
         {
             let mut s = self.sync.lock().unwrap_or_else(|e| e.into_inner());
-            s.succeeded(ticket, w.appended);
-            self.published.store(s.synced, Ordering::Release);
+            self.sync_succeeded(&mut s, ticket, w.appended);
         }
         self.announce();
         let reserve =
@@ -923,9 +922,8 @@ impl Log {
             match result {
                 Ok(()) => {
                     g.groups.synced_in(took);
-                    g.succeeded(ticket, target);
+                    self.sync_succeeded(&mut g, ticket, target);
                     g.groups.leader_returns = back <= g.groups.limit();
-                    self.published.store(g.synced, Ordering::Release);
                 }
                 Err(e) => {
                     self.poison.poison(format!("fdatasync failed: {e}"));
@@ -977,6 +975,13 @@ impl Log {
             }
             std::thread::yield_now();
         }
+    }
+
+    /// Records that the sync with `ticket` (up to `target`) succeeded, and publishes what is
+    /// now durable where waiters read it without the lock. The caller then announces it.
+    fn sync_succeeded(&self, g: &mut SyncState, ticket: u64, target: u64) {
+        g.succeeded(ticket, target);
+        self.published.store(g.synced, Ordering::Release);
     }
 
     /// Wakes every writer waiting for a sync's result (after it was published, or after the
