@@ -158,6 +158,16 @@ impl Table {
     }
 }
 
+/// `ratio`x the peer, and how far short of `want`x it falls when it does.
+fn ratio_detail(ratio: f64, want: f64, peer: &str) -> String {
+    if ratio >= want {
+        format!("{ratio:.2}x {peer}")
+    } else {
+        let short = (want - ratio) / want * 100.0;
+        format!("{ratio:.2}x {peer}; {short:.0}% short")
+    }
+}
+
 fn verdict(met: bool, how: String) -> String {
     if met {
         format!("**met** ({how})")
@@ -185,18 +195,7 @@ pub fn targets(t: &Table, keys: u64) -> String {
         "fill ≥ 1.5x the best peer",
         fill.zip(best_fill).map(|(f, (p, b))| {
             let r = f / b;
-            verdict(
-                r >= 1.5,
-                format!(
-                    "{r:.2}x {}; {}",
-                    p.name(),
-                    if r >= 1.5 {
-                        "".into()
-                    } else {
-                        format!("{:.0}% short", (1.5 - r) / 1.5 * 100.0)
-                    }
-                ),
-            )
+            verdict(r >= 1.5, ratio_detail(r, 1.5, p.name()))
         }),
     );
     let read = ours("read", "random gets/s, 1 thread");
@@ -206,18 +205,7 @@ pub fn targets(t: &Table, keys: u64) -> String {
         "read ≥ 3x the best peer",
         read.zip(best_read).map(|(f, (p, b))| {
             let r = f / b;
-            verdict(
-                r >= 3.0,
-                format!(
-                    "{r:.2}x {}; {}",
-                    p.name(),
-                    if r >= 3.0 {
-                        "".into()
-                    } else {
-                        format!("{:.0}% short", (3.0 - r) / 3.0 * 100.0)
-                    }
-                ),
-            )
+            verdict(r >= 3.0, ratio_detail(r, 3.0, p.name()))
         }),
     );
     let reopen_hint = ours("reopen", "ms per 1M keys (ttlstore: with");
@@ -346,4 +334,15 @@ pub fn targets(t: &Table, keys: u64) -> String {
         }),
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ratio_detail;
+
+    #[test]
+    fn a_ratio_says_how_short_it_falls_only_when_it_does() {
+        assert_eq!(ratio_detail(2.16, 1.5, "redb"), "2.16x redb");
+        assert_eq!(ratio_detail(2.13, 3.0, "redb"), "2.13x redb; 29% short");
+    }
 }
