@@ -13,7 +13,8 @@
 //!    grouped by expiry time so that each new segment later expires whole and is dropped without
 //!    another rewrite. Each output is written under a temporary name, fsynced with its hint, renamed,
 //!    and the directory fsynced; then index entries that still point at the copied records are
-//!    repointed (a short write lock), and the inputs are unlinked.
+//!    repointed (a short write lock per chunk of keys, the outputs in the segment table first),
+//!    and the inputs are unlinked.
 //!
 //! **Tombstones.** A delete of key `k` with sequence `s` hides the records of `k` below `s`; an
 //! expire record hides those below the write it expired (that write's own record says it has
@@ -104,6 +105,12 @@ fn segment_ops<'a>(
     }
     Ok(out)
 }
+
+/// Records a compaction pass handles under one hold of the state lock. Writers and readers
+/// wait for the lock's holder, so a pass takes it for a chunk at a time: about a millisecond
+/// of index lookups and updates, where holding it for a whole segment (tens of thousands of
+/// keys and more) stalled puts for 50-470 ms.
+const LOCK_CHUNK: usize = 2048;
 
 fn sealed_snapshot(inner: &Inner) -> Vec<(u32, SegmentInfo)> {
     let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
@@ -322,11 +329,15 @@ fn drop_dead(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                     .filter(|(_, op)| op.kind != format::KIND_PUT)
                     .map(|(_, op)| (op.ns, op.key.to_vec(), hides_below(op)))
                     .collect();
-            let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
-            if tombstones
-                .iter()
-                .any(|(ns, k, s)| tombstone_needed(&st, id, *ns, k, *s))
-            {
+            // A read lock per chunk. A tombstone found not needed stays so: only segments with
+            // newer records than it can appear meanwhile (writes, and no other compaction).
+            let needed = tombstones.chunks(LOCK_CHUNK).any(|chunk| {
+                let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
+                chunk
+                    .iter()
+                    .any(|(ns, k, s)| tombstone_needed(&st, id, *ns, k, *s))
+            });
+            if needed {
                 continue;
             }
             report.tombstones_dropped += tombstones.len() as u64;
@@ -395,45 +406,48 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     let mut copies: Vec<Copy<'_>> = Vec::new();
     for ((id, info), hb) in group.iter().zip(&hints) {
         let ops = segment_ops(&info.seg, info.end(), hb.as_deref())?;
-        let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
-        for (_, op) in ops {
-            if op.kind == format::KIND_PUT {
-                let live = st
-                    .index
-                    .get(op.ns, op.key)
-                    .is_some_and(|e| e.seq == op.seq && e.seg == *id);
-                if live {
+        // A read lock per chunk, not per segment: writers wait for whoever holds it.
+        for chunk in ops.chunks(LOCK_CHUNK) {
+            let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
+            for &(_, op) in chunk {
+                if op.kind == format::KIND_PUT {
+                    let live = st
+                        .index
+                        .get(op.ns, op.key)
+                        .is_some_and(|e| e.seq == op.seq && e.seg == *id);
+                    if live {
+                        copies.push(Copy {
+                            ns: op.ns,
+                            key: op.key,
+                            value: op.value,
+                            expires_at: op.expires_at,
+                            seq: op.seq,
+                            tombstone: None,
+                        });
+                    }
+                } else if tombstone_needed_besides(
+                    &st,
+                    *id,
+                    // Inputs are unlinked in id order (`group` is sorted): those before this one
+                    // are gone when it goes, so only the later ones and the rest of the store can
+                    // still hold an older record of the key.
+                    |other| removing.contains(&other) && other < *id,
+                    op.ns,
+                    op.key,
+                    hides_below(&op),
+                ) {
+                    report.tombstones_kept += 1;
                     copies.push(Copy {
                         ns: op.ns,
                         key: op.key,
-                        value: op.value,
-                        expires_at: op.expires_at,
+                        value: &[],
+                        expires_at: None,
                         seq: op.seq,
-                        tombstone: None,
+                        tombstone: Some((op.kind, op.target_seq)),
                     });
+                } else {
+                    report.tombstones_dropped += 1;
                 }
-            } else if tombstone_needed_besides(
-                &st,
-                *id,
-                // Inputs are unlinked in id order (`group` is sorted): those before this one
-                // are gone when it goes, so only the later ones and the rest of the store can
-                // still hold an older record of the key.
-                |other| removing.contains(&other) && other < *id,
-                op.ns,
-                op.key,
-                hides_below(&op),
-            ) {
-                report.tombstones_kept += 1;
-                copies.push(Copy {
-                    ns: op.ns,
-                    key: op.key,
-                    value: &[],
-                    expires_at: None,
-                    seq: op.seq,
-                    tombstone: Some((op.kind, op.target_seq)),
-                });
-            } else {
-                report.tombstones_dropped += 1;
             }
         }
     }
@@ -508,33 +522,51 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
         start = end;
     }
 
-    // Publish: repoint what still points at the copies, drop expired leftovers, retire inputs.
+    // Publish. The outputs join the segment table first, so that a reader who follows a
+    // repointed key finds its segment; then the keys that still point at the copied records
+    // move over, a chunk per write lock, so that no writer or reader waits for a whole rewrite
+    // (a write lock over 4 segments' worth of keys stalled puts for up to half a second); the
+    // inputs leave the table last. In between, a key is served from its input or its output:
+    // both hold its record.
+    let mut moves: Vec<(usize, u32, usize, usize)> = Vec::new();
     {
         let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
-        for (first, (seg, mut info, positions)) in outputs.drain(..) {
+        for (first, (seg, info, positions)) in outputs.drain(..) {
             let sid = seg.id as u32;
-            for (i, (rec_off, val_off)) in positions.into_iter().enumerate() {
-                let c = &copies[first + i];
-                if c.tombstone.is_some() {
-                    continue;
-                }
-                let cost = put_cost(
-                    c.key.len(),
-                    rec_off as u32,
-                    val_off as u32,
-                    c.value.len(),
-                    c.expires_at.is_some(),
-                );
-                if st
-                    .index
-                    .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, cost)
-                {
-                    info.live_bytes += u64::from(cost);
-                    info.live_keys += 1;
-                }
-            }
             st.segments.insert(sid, info);
+            moves.extend(
+                positions
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (rec_off, val_off))| (first + i, sid, rec_off, val_off))
+                    .filter(|&(c, ..)| copies[c].tombstone.is_none()),
+            );
         }
+    }
+    for chunk in moves.chunks(LOCK_CHUNK) {
+        let mut guard = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        let st = &mut *guard;
+        for &(c, sid, rec_off, val_off) in chunk {
+            let c = &copies[c];
+            let cost = put_cost(
+                c.key.len(),
+                rec_off as u32,
+                val_off as u32,
+                c.value.len(),
+                c.expires_at.is_some(),
+            );
+            if st
+                .index
+                .repoint(c.ns, c.key, c.seq, sid, rec_off as u32, cost)
+                && let Some(info) = st.segments.get_mut(&sid)
+            {
+                info.live_bytes += u64::from(cost);
+                info.live_keys += 1;
+            }
+        }
+    }
+    {
+        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
         for id in &removing {
             st.segments.remove(id);
         }

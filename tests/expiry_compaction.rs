@@ -335,3 +335,84 @@ fn expire_records_of_keys_written_once_are_not_kept() {
     let store = Store::open_with(dir.path(), o()).unwrap();
     check(&store);
 }
+
+/// A rewrite moves its keys to the new segments a chunk at a time, each chunk under its own
+/// write lock: readers and writers run in between. Every key must stay readable, with its value,
+/// throughout, and the writes that run alongside must all be there at the end.
+#[test]
+fn keys_stay_readable_while_a_rewrite_moves_them_chunk_by_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = Store::open_with(
+        dir.path(),
+        opts(&clock, false)
+            .segment_size(256 << 10)
+            .compaction_threshold(0.3),
+    )
+    .unwrap();
+    const KEYS: u32 = 30_000;
+    let value = |i: u32, round: u8| format!("value-{i}-{round}").into_bytes();
+    for round in 0..3u8 {
+        for i in 0..KEYS {
+            if round == 0 || i % 3 != 0 {
+                store.put(&key(i), &value(i, round)).unwrap();
+            }
+        }
+    }
+    let expected = move |i: u32| value(i, if i % 3 == 0 { 0 } else { 2 });
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|r| {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut passes = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || passes == 0 {
+                    for i in (r..KEYS).step_by(2) {
+                        let got = store.get(&key(i)).unwrap_or_else(|e| panic!("{i}: {e}"));
+                        assert_eq!(got.as_deref(), Some(&expected(i)[..]), "key {i}");
+                    }
+                    passes += 1;
+                }
+                passes
+            })
+        })
+        .collect();
+    let writer = {
+        let (store, stop) = (store.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                store.put(format!("other{n:07}").as_bytes(), b"x").unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let mut rewritten = 0;
+    for _ in 0..20 {
+        let r = store.compact().unwrap();
+        rewritten += r.segments_rewritten;
+        if r.segments_rewritten == 0 && r.segments_dropped == 0 {
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for r in readers {
+        assert!(r.join().unwrap() > 0);
+    }
+    let others = writer.join().unwrap();
+    assert!(rewritten >= 4, "only {rewritten} segments rewritten");
+    for i in 0..KEYS {
+        assert_eq!(
+            store.get(&key(i)).unwrap().as_deref(),
+            Some(&expected(i)[..])
+        );
+    }
+    for n in 0..others {
+        assert!(
+            store
+                .contains_key(format!("other{n:07}").as_bytes())
+                .unwrap()
+        );
+    }
+}
