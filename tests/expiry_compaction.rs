@@ -354,12 +354,12 @@ fn keys_stay_readable_while_a_rewrite_moves_them_chunk_by_chunk() {
     let value = |i: u32, round: u8| format!("value-{i}-{round}").into_bytes();
     for round in 0..3u8 {
         for i in 0..KEYS {
-            if round == 0 || i % 3 != 0 {
+            if round == 0 || !i.is_multiple_of(3) {
                 store.put(&key(i), &value(i, round)).unwrap();
             }
         }
     }
-    let expected = move |i: u32| value(i, if i % 3 == 0 { 0 } else { 2 });
+    let expected = move |i: u32| value(i, if i.is_multiple_of(3) { 0 } else { 2 });
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let readers: Vec<_> = (0..2)
         .map(|r| {
