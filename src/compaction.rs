@@ -108,8 +108,9 @@ fn segment_ops<'a>(
 
 /// Records a compaction pass handles under one hold of the state lock. Writers and readers
 /// wait for the lock's holder, so a pass takes it for a chunk at a time: about a millisecond
-/// of index lookups and updates, where holding it for a whole segment (tens of thousands of
-/// keys and more) stalled puts for 50-470 ms.
+/// of index lookups and updates. Held for a whole segment, the liveness check took 5-41 ms for
+/// the 50k-73k records of a short-TTL churn's segments, and a full 64 MiB segment holds about
+/// ten times as many.
 const LOCK_CHUNK: usize = 2048;
 
 fn sealed_snapshot(inner: &Inner) -> Vec<(u32, SegmentInfo)> {
@@ -525,8 +526,8 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     // Publish. The outputs join the segment table first, so that a reader who follows a
     // repointed key finds its segment; then the keys that still point at the copied records
     // move over, a chunk per write lock, so that no writer or reader waits for a whole rewrite
-    // (a write lock over 4 segments' worth of keys stalled puts for up to half a second); the
-    // inputs leave the table last. In between, a key is served from its input or its output:
+    // (one write lock over all of them took 9-17 ms for a short-TTL churn's segments, more for
+    // full ones); the inputs leave the table last. In between, a key is served from its input or its output:
     // both hold its record.
     let mut moves: Vec<(usize, u32, usize, usize)> = Vec::new();
     {
