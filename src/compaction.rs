@@ -527,8 +527,8 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     // repointed key finds its segment; then the keys that still point at the copied records
     // move over, a chunk per write lock, so that no writer or reader waits for a whole rewrite
     // (one write lock over all of them took 9-17 ms for a short-TTL churn's segments, more for
-    // full ones); the inputs leave the table last. In between, a key is served from its input or its output:
-    // both hold its record.
+    // full ones); the inputs leave the table last. In between, a key is served from its input
+    // or its output: both hold its record.
     let mut moves: Vec<(usize, u32, usize, usize)> = Vec::new();
     {
         let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
