@@ -21,6 +21,20 @@ fn key(i: u32) -> Vec<u8> {
     format!("key{i:05}").into_bytes()
 }
 
+/// Runs compaction passes until one neither rewrites nor drops a segment (at most 20); returns
+/// how many segments they rewrote.
+fn compact_until_done(store: &Store) -> usize {
+    let mut rewritten = 0;
+    for _ in 0..20 {
+        let r = store.compact().unwrap();
+        rewritten += r.segments_rewritten;
+        if r.segments_rewritten == 0 && r.segments_dropped == 0 {
+            break;
+        }
+    }
+    rewritten
+}
+
 #[test]
 fn expirer_wakes_on_clock_advance_and_notifies_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -156,14 +170,7 @@ fn rewrite_keeps_live_data_and_reopens_from_hints() {
         model.remove(&key(i));
     }
     let before = store.stats();
-    let mut rewritten = 0;
-    for _ in 0..20 {
-        let r = store.compact().unwrap();
-        rewritten += r.segments_rewritten;
-        if r.segments_rewritten == 0 && r.segments_dropped == 0 {
-            break;
-        }
-    }
+    let rewritten = compact_until_done(&store);
     assert!(rewritten > 0);
     let after = store.stats();
     assert!(
@@ -388,14 +395,7 @@ fn keys_stay_readable_while_a_rewrite_moves_them_chunk_by_chunk() {
             n
         })
     };
-    let mut rewritten = 0;
-    for _ in 0..20 {
-        let r = store.compact().unwrap();
-        rewritten += r.segments_rewritten;
-        if r.segments_rewritten == 0 && r.segments_dropped == 0 {
-            break;
-        }
-    }
+    let rewritten = compact_until_done(&store);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for r in readers {
         assert!(r.join().unwrap() > 0);
