@@ -520,6 +520,9 @@ pub struct Index {
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
     heap_stale: usize,
     live: usize,
+    /// Keys whose entry has an expiry (passed or not): kept by writes and removals, and counted
+    /// afresh at the end of a bulk load (during one it is not kept).
+    ttl_keys: usize,
     /// Dead words below which the arena is not compacted (a constant but in tests).
     compact_min: usize,
     /// Tests force tag collisions by masking tags (all ones otherwise).
@@ -568,14 +571,15 @@ impl Index {
             heap: BinaryHeap::new(),
             heap_stale: 0,
             live: 0,
+            ttl_keys: 0,
             compact_min: COMPACT_MIN_WORDS,
             #[cfg(test)]
             tag_mask: u32::MAX,
         }
     }
 
-    /// Number of keys held (tombstones included during a bulk load).
-    #[cfg(test)]
+    /// Number of keys held, those past their expiry included until the expirer removes them
+    /// (tombstones too during a bulk load).
     pub fn len(&self) -> usize {
         self.live
     }
@@ -913,6 +917,9 @@ impl Index {
                 None => self.rebuild_heap(),
             }
         }
+        // The heap was just built from the kept records with an expiry, one entry each.
+        debug_assert_eq!(self.heap_stale, 0);
+        self.ttl_keys = self.heap.len();
         if self.arena.capacity() > self.arena.len() + self.arena.len() / 8 {
             self.arena.shrink_to_fit();
         }
@@ -953,9 +960,11 @@ impl Index {
             self.set_entry(slot, off, &entry);
             if old.expires_at != 0 {
                 self.heap_stale += 1;
+                self.ttl_keys -= usize::from(!self.bulk);
             }
             if entry.expires_at != 0 {
                 self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
+                self.ttl_keys += usize::from(!self.bulk);
             }
             self.maybe_rebuild_heap();
             return (Some(old), true);
@@ -972,6 +981,7 @@ impl Index {
         }
         if entry.expires_at != 0 {
             self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
+            self.ttl_keys += usize::from(!self.bulk);
         }
         self.live += 1;
         (None, true)
@@ -997,6 +1007,7 @@ impl Index {
         self.head_mut(off).flags |= DEAD;
         if self.entry(off).expires_at != 0 {
             self.heap_stale += 1;
+            self.ttl_keys -= usize::from(!self.bulk);
         }
         self.garbage += words;
         self.live -= 1;
@@ -1277,7 +1288,23 @@ impl Index {
             + self.heap.capacity() * std::mem::size_of::<Reverse<(u64, u64, u32)>>()
     }
 
-    /// Calls `f` for every key (any order). For statistics and checks.
+    /// Keys held whose entry has an expiry, those past it included.
+    pub fn ttl_key_count(&self) -> usize {
+        self.ttl_keys
+    }
+
+    /// Keys held whose expiry is at or before `now` (the expirer has not removed them yet): the
+    /// expiry heap's entries that are due and still a key's current write. A pass over the heap,
+    /// which holds one entry per key with an expiry (plus stale ones), without reading the keys.
+    pub fn expired_count(&self, now: u64) -> usize {
+        self.heap
+            .iter()
+            .filter(|&&Reverse((exp, seq, off))| exp <= now && self.heap_entry_valid(exp, seq, off))
+            .count()
+    }
+
+    /// Calls `f` for every key (any order). For the tests' checks.
+    #[cfg(test)]
     pub fn for_each(&self, mut f: impl FnMut(u8, &[u8], &Entry)) {
         for o in self.live_records() {
             let (ns, k) = self.key_of(o);
@@ -1609,6 +1636,21 @@ mod tests {
             assert_eq!(b.loc, idx.head(off).loc());
         }
         assert_eq!(in_table, idx.live);
+        if !idx.bulk {
+            // The counts statistics read instead of walking the keys.
+            let with_ttl = idx
+                .live_records()
+                .filter(|&o| idx.entry(o).expires_at != 0)
+                .count();
+            assert_eq!(idx.ttl_key_count(), with_ttl);
+            for now in [0, 1, 2, 3, u64::MAX] {
+                let expired = idx
+                    .live_records()
+                    .filter(|&o| idx.entry(o).is_expired(now))
+                    .count();
+                assert_eq!(idx.expired_count(now), expired, "at {now}");
+            }
+        }
         assert!(idx.old.is_empty() && idx.moved == 0 || idx.moved < idx.old.len());
         assert_eq!(idx.live_records().count(), idx.live);
         assert!(idx.live * 100 <= idx.table.len() * MAX_LOAD_PCT);

@@ -115,7 +115,14 @@ fn check(store: &Store, model: &Model) {
         .cloned()
         .collect();
     assert_eq!(scanned, expected);
-    assert_eq!(store.stats().live_keys, expected.len() as u64);
+    let stats = store.stats();
+    assert_eq!(stats.live_keys, expected.len() as u64);
+    let with_ttl = model
+        .map
+        .keys()
+        .filter(|k| model.live(k).is_some_and(|(_, e)| e.is_some()))
+        .count();
+    assert_eq!(stats.keys_with_ttl, with_ttl as u64);
 }
 
 proptest! {
