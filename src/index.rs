@@ -520,9 +520,6 @@ pub struct Index {
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
     heap_stale: usize,
     live: usize,
-    /// Keys whose entry has an expiry (passed or not): kept by writes and removals, and counted
-    /// afresh at the end of a bulk load (during one it is not kept).
-    ttl_keys: usize,
     /// Dead words below which the arena is not compacted (a constant but in tests).
     compact_min: usize,
     /// Tests force tag collisions by masking tags (all ones otherwise).
@@ -571,7 +568,6 @@ impl Index {
             heap: BinaryHeap::new(),
             heap_stale: 0,
             live: 0,
-            ttl_keys: 0,
             compact_min: COMPACT_MIN_WORDS,
             #[cfg(test)]
             tag_mask: u32::MAX,
@@ -917,9 +913,6 @@ impl Index {
                 None => self.rebuild_heap(),
             }
         }
-        // The heap was just built from the kept records with an expiry, one entry each.
-        debug_assert_eq!(self.heap_stale, 0);
-        self.ttl_keys = self.heap.len();
         if self.arena.capacity() > self.arena.len() + self.arena.len() / 8 {
             self.arena.shrink_to_fit();
         }
@@ -960,11 +953,9 @@ impl Index {
             self.set_entry(slot, off, &entry);
             if old.expires_at != 0 {
                 self.heap_stale += 1;
-                self.ttl_keys -= usize::from(!self.bulk);
             }
             if entry.expires_at != 0 {
                 self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
-                self.ttl_keys += usize::from(!self.bulk);
             }
             self.maybe_rebuild_heap();
             return (Some(old), true);
@@ -981,7 +972,6 @@ impl Index {
         }
         if entry.expires_at != 0 {
             self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
-            self.ttl_keys += usize::from(!self.bulk);
         }
         self.live += 1;
         (None, true)
@@ -1007,7 +997,6 @@ impl Index {
         self.head_mut(off).flags |= DEAD;
         if self.entry(off).expires_at != 0 {
             self.heap_stale += 1;
-            self.ttl_keys -= usize::from(!self.bulk);
         }
         self.garbage += words;
         self.live -= 1;
@@ -1288,9 +1277,10 @@ impl Index {
             + self.heap.capacity() * std::mem::size_of::<Reverse<(u64, u64, u32)>>()
     }
 
-    /// Keys held whose entry has an expiry, those past it included.
+    /// Keys held whose entry has an expiry, those past it included: the expiry heap holds one
+    /// entry for each, and `heap_stale` more (outside a bulk load).
     pub fn ttl_key_count(&self) -> usize {
-        self.ttl_keys
+        self.heap.len().saturating_sub(self.heap_stale)
     }
 
     /// Keys held whose expiry is at or before `now` (the expirer has not removed them yet): the
