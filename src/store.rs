@@ -1032,8 +1032,9 @@ impl Inner {
         // meanwhile, and a walk of a million keys held writers up for tens of milliseconds.
         let expired = st.index.expired_count(now);
         s.expired_pending = expired as u64;
-        s.live_keys = (st.index.len() - expired) as u64;
-        s.keys_with_ttl = (st.index.ttl_key_count() - expired) as u64;
+        // Every key counted past its expiry is held and has one: never more than either count.
+        s.live_keys = st.index.len().saturating_sub(expired) as u64;
+        s.keys_with_ttl = st.index.ttl_key_count().saturating_sub(expired) as u64;
         for info in st.segments.values() {
             s.disk_bytes += if info.sealed {
                 info.end() as u64
