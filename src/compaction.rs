@@ -38,6 +38,7 @@ use crate::store::Inner;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 /// What a compaction pass did, from [`crate::Store::compact`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -106,15 +107,46 @@ fn segment_ops<'a>(
     Ok(out)
 }
 
-/// Records a compaction pass handles under one hold of the state lock. Writers and readers
-/// wait for the lock's holder, so a pass takes it for a chunk at a time: about a millisecond
-/// of index lookups and updates. Held for a whole segment, the liveness check took 5-41 ms for
-/// the 50k-73k records of a short-TTL churn's segments, and a full 64 MiB segment holds about
-/// ten times as many.
+/// Most records a compaction pass handles under one hold of the state lock. Writers and
+/// readers wait for the lock's holder, so a pass takes it for a chunk at a time. Held for a
+/// whole segment, the liveness check took 5-41 ms for the 50k-73k records of a short-TTL
+/// churn's segments, and a full 64 MiB segment holds about ten times as many.
 const LOCK_CHUNK: usize = 2048;
 
+/// Longest a compaction pass holds the state lock for one chunk. A tombstone's check reads the
+/// key filter of every segment, so its cost grows with their number: under a short-TTL churn,
+/// 2048 checks held the lock 3-10 ms.
+const LOCK_HOLD: Duration = Duration::from_micros(500);
+
+/// Runs `each` over `items`, a chunk per hold of the lock `lock` takes: at most [`LOCK_CHUNK`]
+/// items, and no more than about [`LOCK_HOLD`]. Stops at the first item for which `each`
+/// returns true, and returns whether it did.
+fn in_holds<T, G>(
+    items: &[T],
+    lock: impl Fn() -> G,
+    mut each: impl FnMut(&mut G, &T) -> bool,
+) -> bool {
+    let mut rest = items;
+    while !rest.is_empty() {
+        let mut guard = lock();
+        let held = Instant::now();
+        let mut done = 0;
+        for item in rest {
+            if each(&mut guard, item) {
+                return true;
+            }
+            done += 1;
+            if done == LOCK_CHUNK || (done % 64 == 0 && held.elapsed() >= LOCK_HOLD) {
+                break;
+            }
+        }
+        rest = &rest[done..];
+    }
+    false
+}
+
 fn sealed_snapshot(inner: &Inner) -> Vec<(u32, SegmentInfo)> {
-    let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
+    let st = inner.state.read();
     st.segments
         .iter()
         .filter(|(_, i)| i.sealed)
@@ -224,7 +256,7 @@ fn write_hints(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
         hint::write(&*inner.opts.storage, &inner.dir, seg.id, &bytes)?;
         report.hints_written += 1;
         report.bytes_written += bytes.len() as u64;
-        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = inner.state.write();
         if let Some(i) = st.segments.get_mut(&id) {
             i.has_hint = true;
         }
@@ -246,7 +278,7 @@ fn build_filters(inner: &Inner) -> Result<()> {
             .map(|(_, op)| (key_hash(op.ns, op.key), op.seq))
             .collect();
         let filter = KeyFilter::new(&records);
-        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = inner.state.write();
         if let Some(i) = st.segments.get_mut(&id) {
             i.key_filter = Some(Arc::new(filter));
         }
@@ -332,19 +364,18 @@ fn drop_dead(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                     .collect();
             // A read lock per chunk. A tombstone found not needed stays so: only segments with
             // newer records than it can appear meanwhile (writes, and no other compaction).
-            let needed = tombstones.chunks(LOCK_CHUNK).any(|chunk| {
-                let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
-                chunk
-                    .iter()
-                    .any(|(ns, k, s)| tombstone_needed(&st, id, *ns, k, *s))
-            });
+            let needed = in_holds(
+                &tombstones,
+                || inner.state.read_after_writers(),
+                |st, (ns, k, s)| tombstone_needed(st, id, *ns, k, *s),
+            );
             if needed {
                 continue;
             }
             report.tombstones_dropped += tombstones.len() as u64;
         }
         {
-            let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = inner.state.write();
             match st.segments.get(&id) {
                 Some(i) if i.sealed && i.live_keys == 0 => {
                     st.segments.remove(&id);
@@ -408,9 +439,10 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     for ((id, info), hb) in group.iter().zip(&hints) {
         let ops = segment_ops(&info.seg, info.end(), hb.as_deref())?;
         // A read lock per chunk, not per segment: writers wait for whoever holds it.
-        for chunk in ops.chunks(LOCK_CHUNK) {
-            let st = inner.state.read().unwrap_or_else(|e| e.into_inner());
-            for &(_, op) in chunk {
+        in_holds(
+            &ops,
+            || inner.state.read_after_writers(),
+            |st, &(_, op)| {
                 if op.kind == format::KIND_PUT {
                     let live = st
                         .index
@@ -427,7 +459,7 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                         });
                     }
                 } else if tombstone_needed_besides(
-                    &st,
+                    st,
                     *id,
                     // Inputs are unlinked in id order (`group` is sorted): those before this one
                     // are gone when it goes, so only the later ones and the rest of the store can
@@ -449,8 +481,9 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                 } else {
                     report.tombstones_dropped += 1;
                 }
-            }
-        }
+                false
+            },
+        );
     }
     // Group by expiry: outputs then expire whole. Records without expiry (and tombstones) last.
     copies.sort_by_key(|c| (c.expires_at.unwrap_or(u64::MAX), c.seq));
@@ -531,7 +564,7 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
     // or its output: both hold its record.
     let mut moves: Vec<(usize, u32, usize, usize)> = Vec::new();
     {
-        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = inner.state.write();
         for (first, (seg, info, positions)) in outputs.drain(..) {
             let sid = seg.id as u32;
             st.segments.insert(sid, info);
@@ -544,10 +577,11 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
             );
         }
     }
-    for chunk in moves.chunks(LOCK_CHUNK) {
-        let mut guard = inner.state.write().unwrap_or_else(|e| e.into_inner());
-        let st = &mut *guard;
-        for &(c, sid, rec_off, val_off) in chunk {
+    in_holds(
+        &moves,
+        || inner.state.write_after_writers(),
+        |guard, &(c, sid, rec_off, val_off)| {
+            let st = &mut **guard;
             let c = &copies[c];
             let cost = put_cost(
                 c.key.len(),
@@ -564,10 +598,11 @@ fn rewrite(inner: &Inner, report: &mut CompactionReport) -> Result<()> {
                 info.live_bytes += u64::from(cost);
                 info.live_keys += 1;
             }
-        }
-    }
+            false
+        },
+    );
     {
-        let mut st = inner.state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = inner.state.write();
         for id in &removing {
             st.segments.remove(id);
         }
@@ -710,4 +745,47 @@ fn write_output(
     report.segments_written += 1;
     report.bytes_written += (size + hint_bytes.as_ref().map_or(0, Vec::len)) as u64;
     Ok((seg, info, positions))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    /// Each hold covers at most `LOCK_CHUNK` items, every item is seen once and in order, and
+    /// the first `true` stops the run.
+    #[test]
+    fn in_holds_takes_the_lock_a_chunk_at_a_time() {
+        let items: Vec<usize> = (0..LOCK_CHUNK * 2 + 100).collect();
+        let holds = Cell::new(0usize);
+        let mut seen = Vec::new();
+        let mut per_hold: Vec<usize> = Vec::new();
+        let stopped = in_holds(
+            &items,
+            || holds.set(holds.get() + 1),
+            |_, &i| {
+                if per_hold.len() < holds.get() {
+                    per_hold.push(0);
+                }
+                *per_hold.last_mut().unwrap() += 1;
+                seen.push(i);
+                false
+            },
+        );
+        assert!(!stopped);
+        assert_eq!(seen, items);
+        assert!(holds.get() >= 3, "{} holds", holds.get());
+        assert!(per_hold.iter().all(|&n| (1..=LOCK_CHUNK).contains(&n)));
+
+        let mut count = 0;
+        assert!(in_holds(
+            &items,
+            || (),
+            |_, &i| {
+                count += 1;
+                i == LOCK_CHUNK + 5
+            }
+        ));
+        assert_eq!(count, LOCK_CHUNK + 6);
+    }
 }

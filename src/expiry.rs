@@ -96,12 +96,7 @@ impl Notifier {
 pub fn expire_due(inner: &Inner, limit: usize) -> Result<usize> {
     let mut w = inner.log.lock()?;
     let now = inner.opts.clock.now_ms();
-    let due = inner
-        .state
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .index
-        .due(now, limit);
+    let due = inner.state.write().index.due(now, limit);
     if due.is_empty() {
         return Ok(0);
     }
@@ -139,12 +134,7 @@ pub fn expire_due(inner: &Inner, limit: usize) -> Result<usize> {
 pub fn worker(inner: &Inner, inbox: &Inbox) {
     loop {
         let now = inner.opts.clock.now_ms();
-        let next = inner
-            .state
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .index
-            .next_expiry();
+        let next = inner.state.write().index.next_expiry();
         let timeout = match next {
             Some(t) if t <= now => {
                 match expire_due(inner, EXPIRE_BATCH) {

@@ -11,7 +11,7 @@ use crate::index::Entry;
 use crate::options::{Options, SyncPolicy};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::Segment;
-use crate::state::{Applied, State};
+use crate::state::{Applied, State, StateLock};
 use crate::writer::{Log, LogStart, Poison, WriterGuard};
 use crate::{MAX_BATCH_BYTES, MAX_KEY_LEN, MAX_VALUE_LEN};
 use std::any::{Any, TypeId};
@@ -22,7 +22,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLockReadGuard};
 use std::time::Duration;
 
 /// A namespace: a separate keyspace in the same store. User keys written through [`Store`] live
@@ -182,7 +182,7 @@ pub struct Stats {
 pub(crate) struct Inner {
     pub(crate) dir: PathBuf,
     pub(crate) opts: Options,
-    pub(crate) state: RwLock<State>,
+    pub(crate) state: StateLock,
     pub(crate) log: Log,
     pub(crate) poison: Arc<Poison>,
     report: RecoveryReport,
@@ -327,7 +327,7 @@ impl Store {
         let inner = Arc::new(Inner {
             dir,
             opts,
-            state: RwLock::new(rec.state),
+            state: StateLock::new(rec.state),
             log,
             poison,
             report: rec.report,
@@ -371,12 +371,7 @@ impl Store {
             workers.push(compactor);
         }
         if inner.opts.background {
-            inner
-                .state
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .index
-                .collapse_in_background();
+            inner.state.write().index.collapse_in_background();
         }
         let wakers: Vec<_> = workers.iter().map(Worker::waker).collect();
         let clock_waker: Option<Arc<Waker>> = if wakers.is_empty() {
@@ -687,7 +682,7 @@ impl Keyspace {
 
 impl Inner {
     fn read_state(&self) -> RwLockReadGuard<'_, State> {
-        self.state.read().unwrap_or_else(|e| e.into_inner())
+        self.state.read()
     }
 
     fn next_random(&self) -> u64 {
@@ -1092,8 +1087,7 @@ const QUIET_GROW_STEP: usize = 1 << 16;
 fn finish_table_growth(inner: &Inner) {
     while inner
         .state
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
+        .write_after_writers()
         .index
         .grow_step(QUIET_GROW_STEP)
     {

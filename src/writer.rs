@@ -25,12 +25,12 @@ use crate::error::{Error, Result};
 use crate::format::{self, EncOp, HEADER_LEN, Op};
 use crate::options::{Options, SyncPolicy};
 use crate::segment::{Segment, SegmentInfo};
-use crate::state::{Applied, State};
+use crate::state::{Applied, StateLock};
 use crate::storage::Storage;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The store's poison flag: set by a failed sync or a panicking background thread.
@@ -555,7 +555,7 @@ impl Log {
     pub fn commit(
         &self,
         w: &mut WriterGuard<'_>,
-        state: &RwLock<State>,
+        state: &StateLock,
         ops: &[EncOp<'_>],
         mut applied: Option<&mut Vec<Applied>>,
     ) -> Result<u64> {
@@ -623,7 +623,7 @@ impl Log {
         offsets.clear();
         // The state lock is taken before the record is encoded so that the index's first cache
         // miss for each key (prefetched here) overlaps the copy and the checksum.
-        let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = state.write();
         let mut tags = [None; PREFETCH_OPS];
         for (tag, op) in tags.iter_mut().zip(ops) {
             let (ns, key) = op_key(op);
@@ -676,7 +676,7 @@ impl Log {
     fn rotate(
         &self,
         w: &mut WriterGuard<'_>,
-        state: &RwLock<State>,
+        state: &StateLock,
         need: usize,
         now: u64,
     ) -> Result<()> {
@@ -749,7 +749,7 @@ impl Log {
             return Err(Error::io("fsync", &self.dir, e));
         }
         {
-            let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = state.write();
             if let Some(info) = st.segments.get_mut(&(w.active.id as u32)) {
                 info.sealed = true;
             }
@@ -773,7 +773,7 @@ impl Log {
     fn swap_mapping(
         &self,
         w: &mut WriterGuard<'_>,
-        state: &RwLock<State>,
+        state: &StateLock,
         len: usize,
         writable: bool,
     ) -> Result<()> {
@@ -784,7 +784,7 @@ impl Log {
             .map_err(|e| Error::io("mmap", &old.path, e))?;
         let seg = Arc::new(old.with_map(map));
         {
-            let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+            let mut st = state.write();
             if let Some(info) = st.segments.get_mut(&(seg.id as u32)) {
                 info.seg = seg.clone();
             }
@@ -798,7 +798,7 @@ impl Log {
     /// successor), so that its hint can be written and the next open reads the hint instead of
     /// scanning the segment. Returns whether it sealed. Nothing may be appended afterwards: the
     /// caller has stopped every writer.
-    pub fn seal_at_close(&self, state: &RwLock<State>, min_bytes: u64) -> Result<bool> {
+    pub fn seal_at_close(&self, state: &StateLock, min_bytes: u64) -> Result<bool> {
         let mut w = self.lock()?;
         if ((w.tail - HEADER_LEN) as u64) < min_bytes.max(1) {
             return Ok(false);
@@ -815,7 +815,7 @@ impl Log {
             self.poison.poison(format!("sealing at close failed: {e}"));
             return Err(e);
         }
-        let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+        let mut st = state.write();
         if let Some(info) = st.segments.get_mut(&(w.active.id as u32)) {
             info.sealed = true;
         }
