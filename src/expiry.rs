@@ -109,7 +109,19 @@ pub fn expire_due(inner: &Inner, limit: usize) -> Result<usize> {
         })
         .collect();
     let mut applied = Vec::with_capacity(ops.len());
-    inner.commit_internal(&mut w, &ops, Some(&mut applied))?;
+    // `due` handed the keys' heap entries out with them: those not removed after all (the
+    // write failed, or an expire came back stale, which the writer lock rules out) get theirs
+    // back, or they would never be expired.
+    if let Err(e) = inner.commit_internal(&mut w, &ops, Some(&mut applied)) {
+        inner.state.write().index.requeue(&due);
+        return Err(e);
+    }
+    if applied
+        .iter()
+        .any(|a| matches!(a, crate::state::Applied::Stale))
+    {
+        inner.state.write().index.requeue(&due);
+    }
     drop(w);
     let processed = due.len();
     let keys = due

@@ -408,11 +408,18 @@ impl SegmentInfo {
 /// in the low 32 the smallest sequence of a record of a key with that hash here, as an offset from
 /// the smallest sequence of the records given, capped at `u32::MAX`. The cap and hash collisions
 /// (keys sharing a hash share the smaller sequence) only ever make a sequence look older, which
-/// errs on the side of keeping a tombstone. 8 bytes per distinct key.
+/// errs on the side of keeping a tombstone. 8 bytes per distinct key, and up to 1 more for a
+/// directory by the hashes' high bits, which leads a lookup to its few candidates at once: a
+/// binary search over all of them missed the cache at most of its 16 steps, for each segment
+/// a tombstone is checked against, and made 86% of compaction's time under a short-TTL churn.
 #[derive(Debug, Clone, Default)]
 pub struct KeyFilter {
     base: u64,
     pairs: Vec<u64>,
+    /// `dir[b]`: the first pair whose hash, shifted right by `shift`, is at least `b`; one more
+    /// entry than there are buckets, for the end of the last.
+    dir: Vec<u32>,
+    shift: u32,
 }
 
 impl KeyFilter {
@@ -427,15 +434,40 @@ impl KeyFilter {
         pairs.sort_unstable();
         pairs.dedup_by_key(|p| *p >> 32);
         pairs.shrink_to_fit();
-        KeyFilter { base, pairs }
+        // Between 4 and 8 pairs a bucket on average (the hashes are uniform).
+        let bits = (pairs.len() / 4).max(1).ilog2();
+        let shift = 32 - bits;
+        let buckets = 1usize << bits;
+        let mut dir = Vec::with_capacity(buckets + 1);
+        let mut i = 0;
+        for b in 0..buckets {
+            while i < pairs.len() && ((pairs[i] >> 32) >> shift) < b as u64 {
+                i += 1;
+            }
+            dir.push(i as u32);
+        }
+        dir.push(pairs.len() as u32);
+        KeyFilter {
+            base,
+            pairs,
+            dir,
+            shift,
+        }
     }
 
     /// True if the segment may hold a record of a key with hash `hash` and a sequence below
     /// `seq`.
     pub fn may_hold_older(&self, hash: u32, seq: u64) -> bool {
-        self.pairs
-            .binary_search_by_key(&hash, |p| (p >> 32) as u32)
-            .is_ok_and(|i| self.base + (self.pairs[i] & u64::from(u32::MAX)) < seq)
+        let b = (u64::from(hash) >> self.shift) as usize;
+        let (Some(&start), Some(&end)) = (self.dir.get(b), self.dir.get(b + 1)) else {
+            return false;
+        };
+        self.pairs[start as usize..end as usize]
+            .iter()
+            .find(|&&p| (p >> 32) as u32 >= hash)
+            .is_some_and(|&p| {
+                (p >> 32) as u32 == hash && self.base + (p & u64::from(u32::MAX)) < seq
+            })
     }
 }
 
@@ -494,6 +526,39 @@ mod tests {
         assert!(!f.may_hold_older(3, 100));
         assert!(!f.may_hold_older(4, u64::MAX));
         assert!(!KeyFilter::new(&[]).may_hold_older(0, u64::MAX));
+    }
+
+    proptest::proptest! {
+        /// The directory finds exactly what a search of all the pairs would: every hash with its
+        /// oldest sequence, none other, hashes crowded in a few buckets or spread over all.
+        #[test]
+        fn key_filter_answers_like_a_map_of_oldest_sequences(
+            records in proptest::collection::vec((proptest::prelude::any::<u32>(), 1u64..1000), 0..3000),
+            crowd in 0u32..3,
+            probes in proptest::collection::vec((proptest::prelude::any::<u32>(), 0u64..1100), 200),
+        ) {
+            // crowd 1: hashes share their high bits; crowd 2: few distinct hashes, at both ends.
+            let fix = |h: u32| match crowd {
+                1 => h & 0x00FF_FFFF,
+                2 => if h.is_multiple_of(2) { h % 7 } else { u32::MAX - h % 5 },
+                _ => h,
+            };
+            let records: Vec<(u32, u64)> = records.into_iter().map(|(h, q)| (fix(h), q)).collect();
+            let f = KeyFilter::new(&records);
+            let mut oldest = std::collections::HashMap::new();
+            for &(h, q) in &records {
+                let o = oldest.entry(h).or_insert(q);
+                *o = (*o).min(q);
+            }
+            let known = records.iter().map(|r| r.0);
+            for (h, q) in probes.into_iter().map(|(h, q)| (fix(h), q)).chain(known.map(|h| (h, 500))) {
+                proptest::prop_assert_eq!(
+                    f.may_hold_older(h, q),
+                    oldest.get(&h).is_some_and(|&o| o < q),
+                    "hash {:#x} below {}", h, q
+                );
+            }
+        }
     }
 
     #[test]

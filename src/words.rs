@@ -63,13 +63,6 @@ mod linux {
             }
         }
 
-        /// An empty buffer with room for `cap` words.
-        pub fn with_capacity(cap: usize) -> Words {
-            let mut w = Words::new();
-            w.reserve_exact(cap);
-            w
-        }
-
         /// Words in use.
         pub fn len(&self) -> usize {
             self.len
@@ -109,23 +102,6 @@ mod linux {
             // SAFETY: `len < cap`, and words below `cap` are mapped readable and writable.
             unsafe { self.base.as_ptr().add(self.len).write(w) };
             self.len += 1;
-        }
-
-        /// Appends the words of `src`.
-        pub fn extend_from_slice(&mut self, src: &[u64]) {
-            if self.cap - self.len < src.len() {
-                self.grow_amortized(src.len());
-            }
-            // SAFETY: `len + src.len() <= cap`, inside the usable memory, which `src` (a borrow
-            // of other memory, since `self` is borrowed uniquely) cannot overlap.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    src.as_ptr(),
-                    self.base.as_ptr().add(self.len),
-                    src.len(),
-                );
-            }
-            self.len += src.len();
         }
 
         /// Sets the length to `new_len`, filling new words with `value`.
@@ -334,10 +310,6 @@ mod portable {
         pub fn new() -> Words {
             Words(Vec::new())
         }
-        /// An empty buffer with room for `cap` words.
-        pub fn with_capacity(cap: usize) -> Words {
-            Words(Vec::with_capacity(cap))
-        }
         /// Words in use.
         pub fn len(&self) -> usize {
             self.0.len()
@@ -361,10 +333,6 @@ mod portable {
         /// Appends a word.
         pub fn push(&mut self, w: u64) {
             self.0.push(w);
-        }
-        /// Appends the words of `src`.
-        pub fn extend_from_slice(&mut self, src: &[u64]) {
-            self.0.extend_from_slice(src);
         }
         /// Sets the length, filling new words with `value`.
         pub fn resize(&mut self, new_len: usize, value: u64) {
@@ -431,7 +399,9 @@ mod tests {
                     model.push(v);
                 }
                 Op::Extend(s) => {
-                    w.extend_from_slice(&s);
+                    for &v in &s {
+                        w.push(v);
+                    }
                     model.extend_from_slice(&s);
                 }
                 Op::Resize(n, v) => {
@@ -480,7 +450,8 @@ mod tests {
 
     #[test]
     fn growing_keeps_the_words_in_place() {
-        let mut w = Words::with_capacity(10);
+        let mut w = Words::new();
+        w.reserve_exact(10);
         w.push(7);
         let at = w.as_ptr();
         for i in 0..3_000_000u64 {

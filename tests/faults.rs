@@ -133,6 +133,50 @@ fn a_full_disk_fails_only_the_write_that_needs_the_missing_step() {
     check_present(&store, 0..failed + 2000);
 }
 
+/// The expirer's write of expire records fails on a full disk: the keys stay due (never served,
+/// still counted as pending), and once space is back they are expired like any others.
+#[test]
+fn keys_whose_expire_records_failed_on_a_full_disk_are_expired_once_space_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fs, faults) = FaultStorage::new(Arc::new(OsStorage));
+    let clock = Arc::new(ManualClock::new(T0));
+    let opts = Options::default()
+        .sync(SyncPolicy::Always)
+        .segment_size(4096)
+        .background_threads(false)
+        .clock(clock.clone())
+        .storage(fs);
+    let store = Store::open_with(dir.path(), opts).unwrap();
+    let n = 40;
+    for i in 0..n {
+        store
+            .put_with_ttl(&key(i), &value(i), std::time::Duration::from_secs(1))
+            .unwrap();
+    }
+    // Fill the active segment, so that the expire records need a new one.
+    faults.inject(FaultKind::Allocate, ENOSPC, u64::MAX);
+    let (filled, _) = write_until_error(&store, n, 1000);
+    clock.advance(std::time::Duration::from_secs(2));
+    let err = store.compact().unwrap_err();
+    assert!(err.is_disk_full(), "{err:?}");
+    for i in 0..n {
+        assert_eq!(
+            store.get(&key(i)).unwrap(),
+            None,
+            "key {i} is past its expiry"
+        );
+    }
+    let stats = store.stats();
+    assert_eq!(stats.expired_pending, u64::from(n));
+    assert_eq!(stats.live_keys, u64::from(filled - n));
+    faults.clear(FaultKind::Allocate);
+    assert_eq!(store.compact().unwrap().expired_keys, u64::from(n));
+    let stats = store.stats();
+    assert_eq!(stats.expired_pending, 0);
+    assert_eq!(stats.live_keys, u64::from(filled - n));
+    check_present(&store, n..filled);
+}
+
 #[test]
 fn a_full_disk_when_creating_the_segment_file_is_also_a_recoverable_error() {
     let dir = tempfile::tempdir().unwrap();
