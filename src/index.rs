@@ -26,11 +26,11 @@
 //!
 //! Keys are handled as (namespace, key); ordering is by namespace byte, then key bytes.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::cmp::Ordering;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 
+use crate::heap::QuadHeap;
 use crate::words::Words;
 
 /// Most slots a leaf of the ordered list holds before it is split.
@@ -603,7 +603,7 @@ pub struct Index {
     leaves: Vec<Vec<u32>>,
     /// While true (bulk load at open) the ordered list is not maintained; `finish_bulk` builds it.
     bulk: bool,
-    heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    heap: QuadHeap<(u64, u64, u32)>,
     heap_stale: usize,
     /// Records flagged [`TAKEN`]: keys with an expiry but, for now, no heap entry.
     taken: usize,
@@ -653,7 +653,7 @@ impl Index {
             hasher: hashbrown::DefaultHashBuilder::default(),
             leaves: Vec::new(),
             bulk: false,
-            heap: BinaryHeap::new(),
+            heap: QuadHeap::new(),
             heap_stale: 0,
             taken: 0,
             live: 0,
@@ -968,7 +968,7 @@ impl Index {
         mut kept: Vec<u32>,
         in_order: bool,
         dropped: Vec<u32>,
-        heap: Option<Vec<Reverse<(u64, u64, u32)>>>,
+        heap: Option<Vec<(u64, u64, u32)>>,
     ) {
         for o in dropped {
             let (ns, key) = self.key_of(o);
@@ -991,7 +991,7 @@ impl Index {
         // The heap first: a compaction remaps it.
         match heap {
             Some(items) => {
-                self.heap = BinaryHeap::from(items);
+                self.heap = QuadHeap::from_vec(items);
                 self.heap_stale = 0;
             }
             None => self.rebuild_heap(),
@@ -1039,7 +1039,7 @@ impl Index {
                 self.heap_entry_gone(off);
             }
             if entry.expires_at != 0 {
-                self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
+                self.heap.push((entry.expires_at, entry.seq, off));
             }
             self.maybe_rebuild_heap();
             return (Some(old), true);
@@ -1055,7 +1055,7 @@ impl Index {
             self.ordered_insert(off, ns, key);
         }
         if entry.expires_at != 0 {
-            self.heap.push(Reverse((entry.expires_at, entry.seq, off)));
+            self.heap.push((entry.expires_at, entry.seq, off));
         }
         self.live += 1;
         (None, true)
@@ -1228,7 +1228,7 @@ impl Index {
 
     /// The earliest expiry among keys with a TTL.
     pub fn next_expiry(&mut self) -> Option<u64> {
-        while let Some(&Reverse((exp, seq, s))) = self.heap.peek() {
+        while let Some(&(exp, seq, s)) = self.heap.peek() {
             if self.heap_entry_valid(exp, seq, s) {
                 return Some(exp);
             }
@@ -1255,7 +1255,7 @@ impl Index {
     pub fn due(&mut self, now: u64, limit: usize) -> Vec<(u8, Vec<u8>, Entry)> {
         let mut out = Vec::new();
         while out.len() < limit {
-            let Some(&Reverse((exp, seq, s))) = self.heap.peek() else {
+            let Some(&(exp, seq, s)) = self.heap.peek() else {
                 break;
             };
             if exp > now {
@@ -1284,7 +1284,7 @@ impl Index {
             let head = self.head_mut(off);
             if head.flags & TAKEN != 0 && head.seq == e.seq {
                 head.flags &= !TAKEN;
-                let entry = Reverse((head.expires_at, head.seq, off));
+                let entry = (head.expires_at, head.seq, off);
                 self.taken -= 1;
                 self.heap.push(entry);
             }
@@ -1325,10 +1325,10 @@ impl Index {
             .map(|o| {
                 let head = self.head_mut(o);
                 head.flags &= !TAKEN;
-                Reverse((head.expires_at, head.seq, o))
+                (head.expires_at, head.seq, o)
             })
             .collect();
-        self.heap = BinaryHeap::from(items);
+        self.heap = QuadHeap::from_vec(items);
         self.heap_stale = 0;
         self.taken = 0;
     }
@@ -1371,7 +1371,7 @@ impl Index {
         // live records that hold a later write stay, stale as they were.
         let mut heap = std::mem::take(&mut self.heap).into_vec();
         let before = heap.len();
-        heap.retain_mut(|Reverse((_, _, off))| {
+        heap.retain_mut(|(_, _, off)| {
             let live = map.is_live(*off);
             if live {
                 *off = map.new_offset(*off);
@@ -1379,7 +1379,7 @@ impl Index {
             live
         });
         self.heap_stale -= before - heap.len();
-        self.heap = BinaryHeap::from(heap);
+        self.heap = QuadHeap::from_vec(heap);
         // Each record moves down (or stays), never over one not yet moved.
         let mut to = 1;
         let mut off = 1;
@@ -1404,7 +1404,7 @@ impl Index {
             + (self.table.capacity() + self.old.capacity()) * std::mem::size_of::<Bucket>()
             + self.leaves.capacity() * std::mem::size_of::<Vec<u32>>()
             + self.leaves.iter().map(|l| l.capacity() * 4).sum::<usize>()
-            + self.heap.capacity() * std::mem::size_of::<Reverse<(u64, u64, u32)>>()
+            + self.heap.capacity() * std::mem::size_of::<(u64, u64, u32)>()
     }
 
     /// Keys held whose entry has an expiry, those past it included: the expiry heap holds one
@@ -1424,9 +1424,7 @@ impl Index {
             + self
                 .heap
                 .iter()
-                .filter(|&&Reverse((exp, seq, off))| {
-                    exp <= now && self.heap_entry_valid(exp, seq, off)
-                })
+                .filter(|&&(exp, seq, off)| exp <= now && self.heap_entry_valid(exp, seq, off))
                 .count()
     }
 
@@ -1642,7 +1640,7 @@ impl Index {
                     }
                     kept.push(o);
                     if entry.expires_at != 0 {
-                        heap.push(Reverse((entry.expires_at, entry.seq, o)));
+                        heap.push((entry.expires_at, entry.seq, o));
                     }
                 } else {
                     dropped.push(o);

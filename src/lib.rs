@@ -40,6 +40,7 @@ pub mod failpoints;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+mod heap;
 mod hint;
 mod index;
 pub mod inspect;
