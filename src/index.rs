@@ -1333,13 +1333,11 @@ impl Index {
         self.taken = 0;
     }
 
-    /// Compacts the arena if dead records pass half of it. True if it did.
-    fn maybe_compact_arena(&mut self) -> bool {
-        if self.garbage < self.compact_min.max(1) || self.garbage * 2 < self.arena.len() {
-            return false;
+    /// Compacts the arena if dead records pass half of it.
+    fn maybe_compact_arena(&mut self) {
+        if self.garbage >= self.compact_min.max(1) && self.garbage * 2 >= self.arena.len() {
+            self.compact_arena();
         }
-        self.compact_arena();
-        true
     }
 
     /// Compacts the arena in place: the live records slide down over the dead ones, in order,

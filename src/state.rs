@@ -210,8 +210,9 @@ pub struct StateLock {
     lock: RwLock<State>,
     /// Threads waiting for the write lock (those that did not get it at once).
     writers_waiting: AtomicU32,
-    /// True while a pass waits in [`StateLock::read_after_writers`] or
-    /// [`StateLock::write_after_writers`]: a writer then wakes it when it stops waiting.
+    /// Passes waiting in [`StateLock::read_after_writers`] or
+    /// [`StateLock::write_after_writers`]: while there are some, the last writer to stop waiting
+    /// wakes them.
     pass_waiting: AtomicU32,
 }
 
