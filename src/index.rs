@@ -17,7 +17,8 @@
 //! - an **ordered list** of record offsets in key order, cut into leaves of at most
 //!   [`LEAF_MAX`] offsets, for prefix scans. Appending keys in order fills leaves completely;
 //!   inserts elsewhere split a full leaf in two. A removed key's record stays in it, dead and
-//!   skipped by scans, until the arena is compacted;
+//!   skipped by scans, until the arena is compacted or a scan that stepped over many has its
+//!   range purged ([`Index::purge_removed`]);
 //! - an **expiry heap** of (expiry, sequence, offset) for keys with a TTL, with lazy removal: an
 //!   entry whose record is dead or no longer holds that (expiry, sequence) is skipped when it
 //!   surfaces, and dropped when the heap is rebuilt (once stale entries outnumber live ones)
@@ -35,6 +36,19 @@ use crate::words::Words;
 
 /// Most slots a leaf of the ordered list holds before it is split.
 pub const LEAF_MAX: usize = 512;
+
+/// Most leaves one [`Index::purge_removed`] goes through (64k slots: a few milliseconds).
+const PURGE_LEAVES: usize = 128;
+
+/// The removed keys a scan stepped over: still in the ordered list, skipped (see
+/// [`Index::purge_removed`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// How many.
+    pub count: usize,
+    /// The first one's key (empty if none).
+    pub first: Vec<u8>,
+}
 
 /// `Entry::seg` of a tombstone (used only while replaying the log).
 pub const TOMBSTONE: u32 = u32::MAX;
@@ -1185,21 +1199,23 @@ impl Index {
     }
 
     /// Calls `f(key, entry)` for the keys of namespace `ns` that start with `prefix` and sort
-    /// after `after` (when given), in key order, until `f` returns false.
+    /// after `after` (when given), in key order, until `f` returns false. Returns the removed
+    /// keys it stepped over (see [`Index::purge_removed`]).
     pub fn scan(
         &self,
         ns: u8,
         prefix: &[u8],
         after: Option<&[u8]>,
         mut f: impl FnMut(&[u8], &Entry) -> bool,
-    ) {
+    ) -> Skipped {
         let (start, exclusive) = match after {
             Some(a) if a >= prefix => (a, true),
             _ => (prefix, false),
         };
+        let mut skipped = Skipped::default();
         let mut li = self.leaf_for(ns, start);
         if li >= self.leaves.len() {
-            return;
+            return skipped;
         }
         let mut pos = self.leaves[li].partition_point(|&x| match self.cmp_rec(x, ns, start) {
             Ordering::Less => true,
@@ -1211,19 +1227,59 @@ impl Index {
                 let s = self.leaves[li][pos];
                 let (kns, k) = self.key_of(s);
                 if kns != ns || !k.starts_with(prefix) {
-                    return;
+                    return skipped;
                 }
-                if !self.is_dead(s) && !f(k, &self.entry(s)) {
-                    return;
+                if self.is_dead(s) {
+                    if skipped.count == 0 {
+                        skipped.first = k.to_vec();
+                    }
+                    skipped.count += 1;
+                } else if !f(k, &self.entry(s)) {
+                    return skipped;
                 }
                 pos += 1;
             }
             li += 1;
             pos = 0;
             if li >= self.leaves.len() {
-                return;
+                return skipped;
             }
         }
+    }
+
+    /// Takes the removed keys out of the ordered list from the leaf that holds (`ns`, `start`)
+    /// on, through the keys that start with `prefix` or at most [`PURGE_LEAVES`] leaves. Removed
+    /// keys otherwise stay there until the arena is compacted, which a store whose garbage is
+    /// elsewhere may put off for long: a scan that steps over many has them purged from the
+    /// first it met ([`Skipped::first`]), as a read in LevelDB can start a compaction. Returns
+    /// how many it took out.
+    pub fn purge_removed(&mut self, ns: u8, prefix: &[u8], start: &[u8]) -> usize {
+        let mut removed = 0;
+        let mut li = self.leaf_for(ns, start);
+        for _ in 0..PURGE_LEAVES {
+            let Some(leaf) = self.leaves.get_mut(li) else {
+                break;
+            };
+            let mut leaf = std::mem::take(leaf);
+            let last = leaf[leaf.len() - 1];
+            // The range ends in this leaf if its last key lies past it.
+            let (lns, lkey) = self.key_of(last);
+            let ends_here = self.cmp_rec(last, ns, start) == Ordering::Greater
+                && !(lns == ns && lkey.starts_with(prefix));
+            let before = leaf.len();
+            leaf.retain(|&s| !self.is_dead(s));
+            removed += before - leaf.len();
+            if leaf.is_empty() {
+                self.leaves.remove(li);
+            } else {
+                self.leaves[li] = leaf;
+                li += 1;
+            }
+            if ends_here {
+                break;
+            }
+        }
+        removed
     }
 
     /// The earliest expiry among keys with a TTL.
@@ -2000,6 +2056,77 @@ mod tests {
         check_structure(&idx);
         assert!(idx.repoint(2, b"0000000000000001", 100_001, 9, 1, 2));
         assert_eq!(idx.get(2, b"0000000000000001").map(|en| en.seg), Some(9));
+    }
+
+    /// Removed keys stay in the ordered list, never seen by scans, until a scan that stepped over
+    /// many has their range purged: only that range, a bounded number of leaves at a time.
+    #[test]
+    fn a_purge_takes_the_removed_keys_of_a_scanned_range_out_of_the_list() {
+        let mut idx = Index::new();
+        // As in a store whose garbage stays under half of its arena: no compaction.
+        idx.compact_min = usize::MAX;
+        let mut model = BTreeMap::new();
+        let key = |p: char, i: u64| format!("{p}{i:06}").into_bytes();
+        for (p, n) in [('a', 3000), ('b', 3000), ('c', 3000), ('d', 70_000)] {
+            for i in 0..n {
+                idx.upsert(0, &key(p, i), e(i + 1, 0));
+                model.insert((0, key(p, i)), e(i + 1, 0));
+            }
+        }
+        let mut remove = |idx: &mut Index, p: char, i: u64| {
+            assert!(idx.remove(0, &key(p, i)).is_some());
+            model.remove(&(0, key(p, i)));
+        };
+        for i in (0..3000).filter(|i| i % 10 != 0) {
+            remove(&mut idx, 'b', i);
+        }
+        for i in (0..3000).step_by(7) {
+            remove(&mut idx, 'a', i);
+        }
+        for i in (0..70_000).filter(|i| i % 10 != 0) {
+            remove(&mut idx, 'd', i);
+        }
+        check_structure(&idx);
+        let scan = |idx: &Index, p: &[u8]| {
+            let mut seen = Vec::new();
+            let skipped = idx.scan(0, p, None, |k, _| {
+                seen.push(k.to_vec());
+                true
+            });
+            if skipped.count > 0 {
+                assert!(skipped.first.starts_with(p));
+                assert!(!model.contains_key(&(0, skipped.first.clone())));
+            }
+            let want: Vec<Vec<u8>> = model
+                .keys()
+                .filter(|(_, k)| k.starts_with(p))
+                .map(|(_, k)| k.clone())
+                .collect();
+            assert_eq!(seen, want);
+            skipped
+        };
+        let b = scan(&idx, b"b");
+        assert_eq!(b.count, 2700);
+        assert!(idx.purge_removed(0, b"b", &b.first) >= 2700);
+        check_structure(&idx);
+        assert_eq!(scan(&idx, b"b").count, 0);
+        // The leaf where `b` starts may have held some of `a`'s; the rest are still there.
+        assert!(scan(&idx, b"a").count > 300);
+        assert_eq!(scan(&idx, b"c").count, 0);
+        // A long range takes several purges, each through a bounded number of leaves and each
+        // from the first removed key the scan met.
+        let mut d = scan(&idx, b"d");
+        assert_eq!(d.count, 63_000);
+        let mut rounds = 0;
+        while d.count > 0 {
+            let purged = idx.purge_removed(0, b"d", &d.first);
+            assert!(purged > 0 && purged < 63_000, "{purged}");
+            rounds += 1;
+            d = scan(&idx, b"d");
+        }
+        assert!(rounds >= 2, "{rounds}");
+        check_structure(&idx);
+        check_against(&mut idx, &model);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::compaction::{self, CompactionReport};
 use crate::error::{Error, Result};
 use crate::expiry::{self, ExpiredKey, Notifier};
 use crate::format::{self, EncOp};
-use crate::index::Entry;
+use crate::index::{Entry, Skipped};
 use crate::options::{Options, SyncPolicy};
 use crate::recovery::{self, RecoveryReport};
 use crate::segment::Segment;
@@ -1007,13 +1007,26 @@ impl Inner {
         let now = self.opts.clock.now_ms();
         let st = self.read_state();
         let mut out = Vec::new();
-        st.index.scan(ns, prefix, after, |k, e| {
+        let removed = st.index.scan(ns, prefix, after, |k, e| {
             if !e.is_expired(now) {
                 out.push((k.to_vec(), (e.expires_at != 0).then_some(e.expires_at)));
             }
             out.len() < limit
         });
+        drop(st);
+        self.purge_if_many_removed(ns, prefix, &removed);
         out
+    }
+
+    /// After a scan that stepped over many removed keys, takes those of its range out of the
+    /// ordered list (see [`crate::index::Index::purge_removed`]).
+    fn purge_if_many_removed(&self, ns: u8, prefix: &[u8], removed: &Skipped) {
+        if removed.count >= PURGE_AFTER_REMOVED {
+            self.state
+                .write()
+                .index
+                .purge_removed(ns, prefix, &removed.first);
+        }
     }
 
     fn stats(&self) -> Stats {
@@ -1131,6 +1144,9 @@ impl fmt::Debug for Scan {
 
 const SCAN_CHUNK: usize = 256;
 
+/// Removed keys a scan steps over before it has them taken out of the ordered list.
+const PURGE_AFTER_REMOVED: usize = 1024;
+
 impl Scan {
     fn new(store: Store, ns: u8, prefix: &[u8], after: Option<&[u8]>) -> Scan {
         Scan {
@@ -1150,7 +1166,8 @@ impl Scan {
         let mut last: Option<Vec<u8>> = None;
         let mut n = 0;
         let buf = &mut self.buf;
-        st.index
+        let removed = st
+            .index
             .scan(self.ns, &self.prefix, self.after.as_deref(), |k, e| {
                 n += 1;
                 if !e.is_expired(now) {
@@ -1162,6 +1179,8 @@ impl Scan {
                 }
                 true
             });
+        drop(st);
+        inner.purge_if_many_removed(self.ns, &self.prefix, &removed);
         match last {
             Some(k) => self.after = Some(k),
             None => self.done = true,
