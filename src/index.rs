@@ -2130,7 +2130,7 @@ mod tests {
     }
 
     #[test]
-    fn many_keys_split_and_merge_leaves() {
+    fn many_keys_split_leaves_and_scans_skip_the_removed_ones() {
         let mut idx = Index::new();
         let mut model = BTreeMap::new();
         // Reverse order defeats the append fast path, so leaves split.
