@@ -278,39 +278,43 @@ impl LiveMap {
     }
 }
 
-/// Clears bits `start..start + len` of `bits`.
-fn clear_bits(bits: &mut [u64], start: usize, len: usize) {
+/// The words of a bit vector that bits `start..start + len` fall in, each with the mask of those
+/// bits in it.
+fn bit_range(start: usize, len: usize) -> impl Iterator<Item = (usize, u64)> {
     let end = start + len;
     let mut at = start;
-    while at < end {
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
         let b = at % 64;
         let n = (64 - b).min(end - at);
-        bits[at / 64] &= !if n == 64 {
+        let mask = if n == 64 {
             u64::MAX
         } else {
             ((1u64 << n) - 1) << b
         };
+        let word = at / 64;
         at += n;
+        Some((word, mask))
+    })
+}
+
+/// Clears bits `start..start + len` of `bits`.
+fn clear_bits(bits: &mut [u64], start: usize, len: usize) {
+    for (w, mask) in bit_range(start, len) {
+        bits[w] &= !mask;
     }
 }
 
 /// Sets bits `start..start + len` of `bits`.
 fn set_bits(bits: &mut [u64], start: usize, len: usize) {
-    let end = start + len;
-    let mut at = start;
-    while at < end {
-        let b = at % 64;
-        let n = (64 - b).min(end - at);
-        bits[at / 64] |= if n == 64 {
-            u64::MAX
-        } else {
-            ((1u64 << n) - 1) << b
-        };
-        at += n;
+    for (w, mask) in bit_range(start, len) {
+        bits[w] |= mask;
     }
 }
 
-/// Arena words from which [`Index::compact_arena`] splits its passes over two threads (8 MiB:
+/// Arena words from which [`Index::compact_arena`] remaps the table on a second thread (8 MiB:
 /// about 170,000 16-byte keys; below it the whole compaction takes a few milliseconds).
 const PARALLEL_COMPACT_WORDS: usize = 1 << 20;
 
