@@ -997,13 +997,11 @@ impl Index {
     fn start_growth(&mut self, n: usize) {
         self.finish_growth();
         self.collapser = None;
-        let next = std::mem::take(&mut self.next);
+        let mut next = std::mem::take(&mut self.next);
         let table = if next.len() == n {
-            let mut next = next;
             populate(&mut next, self.next_ready, usize::MAX);
             next
         } else {
-            drop(next);
             new_table(n)
         };
         self.next_ready = 0;
@@ -1635,10 +1633,9 @@ impl Index {
         arena.shrink_to_fit();
         self.heap = QuadHeap::from_vec(heap);
         self.heap_stale -= dropped;
-        let mut bits = vec![u64::MAX; to / 64];
-        if !to.is_multiple_of(64) {
-            bits.push((1u64 << (to % 64)) - 1);
-        }
+        // The live records are now exactly the first `to` words.
+        let mut bits = vec![0u64; to.div_ceil(64)];
+        set_bits(&mut bits, 0, to);
         self.live_bits = bits;
         self.garbage = 0;
     }
@@ -1737,12 +1734,9 @@ impl Index {
     /// Takes back every record staged since `mark`.
     pub fn stage_rollback(&mut self, st: &mut Staged, mark: StageMark) {
         self.arena.truncate(mark.arena);
+        let end = self.live_bits.len() * 64;
+        clear_bits(&mut self.live_bits, mark.arena, end - mark.arena);
         self.live_bits.truncate(mark.arena.div_ceil(64));
-        if let Some(last) = self.live_bits.last_mut()
-            && !mark.arena.is_multiple_of(64)
-        {
-            *last &= (1u64 << (mark.arena % 64)) - 1;
-        }
         st.pairs.truncate(mark.pairs);
     }
 
