@@ -247,6 +247,18 @@ impl StateLock {
         g
     }
 
+    /// Shared access if no writer holds or waits for the lock.
+    #[cfg(test)]
+    pub fn try_read(&self) -> Option<RwLockReadGuard<'_, State>> {
+        self.lock.try_read().ok()
+    }
+
+    /// Threads waiting for the write lock.
+    #[cfg(test)]
+    pub fn writers_waiting(&self) -> u32 {
+        self.writers_waiting.load(Ordering::SeqCst)
+    }
+
     /// Shared access for one chunk of a long pass: first waits until no writer waits.
     pub fn read_after_writers(&self) -> RwLockReadGuard<'_, State> {
         self.wait_for_writers();

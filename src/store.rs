@@ -922,26 +922,30 @@ impl Inner {
         check_key(key)?;
         let mut w = self.log.lock()?;
         let now = self.opts.clock.now_ms();
-        let Some(e) = self.live_entry(ns, key, now) else {
-            return Ok(false);
-        };
-        let new_expiry = match self.resolve(expiry, now) {
-            Ok(x) => x,
-            Err(()) => {
-                let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], None)?;
-                drop(w);
-                self.log.wait_durable(pos)?;
-                return Ok(true);
-            }
-        };
-        if expiry == Expiry::Never && e.expires_at == 0 {
-            return Ok(false);
-        }
-        // Re-log the value with its new expiry: the record at the index entry always carries
-        // the key's whole state. Copied because the write may rotate segments.
+        let resolved = self.resolve(expiry, now);
+        // The entry and its value under one read lock. The writer lock keeps other writes out,
+        // but not a compaction: between two holds it may move the key's record to an output and
+        // drop the segment the entry read in the first one points at.
         let value = {
             let st = self.read_state();
-            self.value_of(&st, ns, key, &e)?.to_vec()
+            let Some(e) = st.index.get(ns, key).filter(|e| !e.is_expired(now)) else {
+                return Ok(false);
+            };
+            #[cfg(test)]
+            tests::after_lookup(self, e.seg);
+            match resolved {
+                Err(()) => None,
+                Ok(_) if expiry == Expiry::Never && e.expires_at == 0 => return Ok(false),
+                // Re-log the value with its new expiry: the record at the index entry always
+                // carries the key's whole state. Copied because the write may rotate segments.
+                Ok(_) => Some(self.value_of(&st, ns, key, &e)?.to_vec()),
+            }
+        };
+        let (Ok(new_expiry), Some(value)) = (resolved, value) else {
+            let pos = self.commit(&mut w, &[EncOp::Delete { ns, key }], None)?;
+            drop(w);
+            self.log.wait_durable(pos)?;
+            return Ok(true);
         };
         let op = EncOp::Put {
             ns,
@@ -1195,5 +1199,114 @@ impl Iterator for Scan {
             self.refill();
         }
         self.buf.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A hook `set_expiry` runs once it has the key's entry, with the entry's segment.
+    type Hook = Box<dyn FnMut(&Inner, u32)>;
+
+    thread_local! {
+        /// The hook of `set_expiry` calls on this thread, before they read the value.
+        static AFTER_LOOKUP: RefCell<Option<Hook>> = RefCell::new(None);
+    }
+
+    pub(super) fn after_lookup(inner: &Inner, seg: u32) {
+        AFTER_LOOKUP.with(|h| {
+            if let Some(hook) = h.borrow_mut().as_mut() {
+                hook(inner, seg);
+            }
+        });
+    }
+
+    /// `expire` re-logs the key's value, read at its index entry. A compaction that runs once
+    /// the entry is read may move the record to an output and drop the segment the entry names:
+    /// the value must be read where the key is then, never at a segment that is gone.
+    ///
+    /// The hook runs a compaction on another thread as soon as `set_expiry` has the entry, and
+    /// lets `set_expiry` go on only once that compaction has dropped the entry's segment from
+    /// the table or waits for the state lock. An `expire` that read the entry and the value
+    /// under two holds of the lock fails here every time.
+    #[test]
+    fn expire_reads_the_value_where_a_compaction_leaves_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::ManualClock::new(1_700_000_000_000));
+        let store = Store::open_with(
+            dir.path(),
+            Options::default()
+                .sync(SyncPolicy::Never)
+                .segment_size(8 << 10)
+                .background_threads(false)
+                .clock(clock.clone()),
+        )
+        .unwrap();
+        store.put(b"k", b"the value").unwrap();
+        // Fill the first segment and the next, then overwrite the fillers of the first: it is
+        // then sealed and dead but for `k`, and no segment is wholly dead (a compaction that
+        // dropped one would wait for the writer lock `expire` holds).
+        let filler = |i: u32| format!("filler{i:04}").into_bytes();
+        for i in 0..200 {
+            store.put(&filler(i), &[0; 60]).unwrap();
+        }
+        let first = store.inner.read_state().index.get(0, b"k").unwrap().seg;
+        assert!(store.inner.read_state().segments[&first].sealed);
+        for i in 0..200 {
+            let seg = store
+                .inner
+                .read_state()
+                .index
+                .get(0, &filler(i))
+                .unwrap()
+                .seg;
+            if seg == first {
+                store.put(&filler(i), &[1; 60]).unwrap();
+            }
+        }
+
+        let compaction = Arc::new(Mutex::new(None));
+        let slot = compaction.clone();
+        let compactor = store.inner.clone();
+        AFTER_LOOKUP.with(|h| {
+            *h.borrow_mut() = Some(Box::new(move |inner: &Inner, seg: u32| {
+                assert_eq!(seg, first, "the entry read before the compaction");
+                let compactor = compactor.clone();
+                let run = std::thread::spawn(move || compaction::run(&compactor));
+                let deadline = std::time::Instant::now() + Duration::from_secs(20);
+                loop {
+                    if inner.state.writers_waiting() > 0 {
+                        break;
+                    }
+                    if let Some(st) = inner.state.try_read()
+                        && !st.segments.contains_key(&seg)
+                    {
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the compaction neither waits for the lock nor drops the segment"
+                    );
+                    std::thread::yield_now();
+                }
+                *slot.lock().unwrap() = Some(run);
+            }));
+        });
+        let found = store.expire(b"k", Duration::from_secs(60));
+        AFTER_LOOKUP.with(|h| *h.borrow_mut() = None);
+        assert!(found.unwrap(), "expire found the key");
+        let run = compaction.lock().unwrap().take().expect("the hook ran");
+        // Rewritten, or dropped whole if `expire` moved `k` out first.
+        let report = run.join().unwrap().unwrap();
+        assert!(
+            report.segments_rewritten + report.segments_dropped >= 1,
+            "{report:?}"
+        );
+        assert!(!store.inner.read_state().segments.contains_key(&first));
+        let item = store.get_item(b"k").unwrap().unwrap();
+        assert_eq!(&item.value[..], b"the value");
+        assert_eq!(item.expires_at, Some(1_700_000_000_000 + 60_000));
     }
 }
