@@ -669,11 +669,12 @@ fn write_output(
     let mut max_expiry = 0;
     let mut has_persistent = false;
     let mut tombstone_bytes = 0;
+    let seed = format::CrcSeed::new(id);
     for c in copies {
         let op = [enc(c)];
         let len = format::record_len_at(base, c.seq, &op);
         offs.clear();
-        format::encode_record_at(&mut buf[at..at + len], base, id, c.seq, &op, &mut offs);
+        format::encode_record_at(&mut buf[at..at + len], base, &seed, c.seq, &op, &mut offs);
         positions.push((at, at + offs[0]));
         keys.push((key_hash(c.ns, c.key), c.seq));
         seqs = (seqs.0.min(c.seq), seqs.1.max(c.seq));

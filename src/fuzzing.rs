@@ -121,7 +121,14 @@ pub fn decode_segment(data: &[u8]) {
             let mut out = data[..head].to_vec();
             out.resize(head + len, 0);
             offsets.clear();
-            format::encode_record_at(&mut out[head..], &base, id, rec.seq, &enc, &mut offsets);
+            format::encode_record_at(
+                &mut out[head..],
+                &base,
+                &format::CrcSeed::new(id),
+                rec.seq,
+                &enc,
+                &mut offsets,
+            );
             let again = format::read_record(&out, head, id).expect("an encoded record reads back");
             let mut ops2 = Vec::new();
             again.ops(&mut ops2).expect("an encoded record decodes");

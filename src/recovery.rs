@@ -150,8 +150,8 @@ pub fn recover(dir: &Path, opts: &Options) -> Result<Recovered> {
             // A scan: a guess, for values of some tens of bytes (the arena grows if it is
             // short; an overshoot costs address space only).
             None => {
-                records += seg.map.len() / 128;
-                words += seg.map.len() / 24;
+                records += seg.mapped_len() / 128;
+                words += seg.mapped_len() / 24;
             }
         }
         hints.push(map);
@@ -277,7 +277,7 @@ impl Replay<'_> {
             Err(kind) => {
                 // A crash while the last segment was being created leaves a short or zero header
                 // and nothing after it: no record in it was ever acknowledged.
-                let len = seg.map.len();
+                let len = seg.mapped_len();
                 let empty = len <= HEADER_LEN
                     || seg
                         .bytes(HEADER_LEN, len - HEADER_LEN)
@@ -341,7 +341,7 @@ impl Replay<'_> {
                     ),
                 ));
             }
-            self.last_log = Some((id, seg.map.len() as u64));
+            self.last_log = Some((id, seg.mapped_len() as u64));
         }
         self.seq_floor = self.seq_floor.max(header.base_seq);
         self.report.segments += 1;
@@ -351,7 +351,7 @@ impl Replay<'_> {
         info.kind = header.kind;
         self.state.segments.insert(sid, info);
 
-        let data = seg.bytes(0, seg.map.len());
+        let data = seg.bytes(0, seg.mapped_len());
         // A valid hint of the last log segment means a clean close sealed it: it is replayed
         // like any sealed segment and open starts a new active segment after it. Without one
         // (or with a bad one) it is the active segment and scanned, its tail repaired.
@@ -431,7 +431,7 @@ impl Replay<'_> {
         if is_active {
             return Ok(Some(end));
         }
-        if end < seg.map.len() {
+        if end < seg.mapped_len() {
             // A crash between creating the next segment and sealing this one, or a salvaged
             // damaged tail: seal it now.
             seal_file(storage, &seg, end)?;
@@ -557,7 +557,7 @@ fn open_active(
     let storage = &*opts.storage;
     let mut seg = Segment::open(storage, dir, id, true)?;
     let path = seg.path.clone();
-    if report.truncated_at.is_some() || seg.map.len() > end {
+    if report.truncated_at.is_some() || seg.mapped_len() > end {
         crate::failpoint!("recovery.before_tail_repair");
         seg.file
             .set_len(end as u64)

@@ -1,7 +1,7 @@
 //! Segment files: naming, creating, mapping, and the per-segment space accounting.
 
 use crate::error::{Error, Result};
-use crate::format::{self, HEADER_LEN, RecordBase, SegmentHeader};
+use crate::format::{self, CrcSeed, HEADER_LEN, RecordBase, SegmentHeader};
 use crate::storage::{self, Mapping, OpenMode, Storage, StorageFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,9 +55,14 @@ pub struct Segment {
     /// The open file.
     pub file: Arc<dyn StorageFile>,
     /// A mapping of the file (writable for the active segment).
-    pub map: Arc<dyn Mapping>,
+    map: Arc<dyn Mapping>,
+    /// The mapping's address and length, read once: a read of the segment's bytes then costs
+    /// a bounds check, not two calls through the mapping's vtable.
+    view: View,
     /// What its records are encoded relative to (from its header).
     pub base: RecordBase,
+    /// Its records' checksum state before their own bytes.
+    pub crc: CrcSeed,
     /// The TTLs written into it while it is the active segment, for early rotation.
     pub ttls: TtlTracker,
 }
@@ -186,7 +191,50 @@ impl TtlTracker {
     }
 }
 
+/// The address and length of a segment's mapping.
+#[derive(Debug)]
+struct View {
+    ptr: *const u8,
+    len: usize,
+}
+
+impl View {
+    fn of(map: &dyn Mapping) -> View {
+        View {
+            ptr: map.as_ptr(),
+            len: map.len(),
+        }
+    }
+}
+
+// SAFETY: `View` is the address of a mapping its `Segment` owns (through `map`), which lives as
+// long as the segment does and is `Send + Sync` itself; the view only reads through it, under the
+// contract of `storage::mapped`.
+unsafe impl Send for View {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for View {}
+
 impl Segment {
+    fn new(
+        id: u64,
+        path: PathBuf,
+        file: Arc<dyn StorageFile>,
+        map: Arc<dyn Mapping>,
+        base: RecordBase,
+        ttls: TtlTracker,
+    ) -> Segment {
+        Segment {
+            id,
+            path,
+            file,
+            view: View::of(&*map),
+            map,
+            base,
+            crc: CrcSeed::new(id),
+            ttls,
+        }
+    }
+
     /// The same segment seen through another mapping of its file (the writer swaps the active
     /// segment's writable mapping for a read-only one when it seals it).
     pub fn with_map(&self, map: Arc<dyn Mapping>) -> Segment {
@@ -194,15 +242,44 @@ impl Segment {
             id: self.id,
             path: self.path.clone(),
             file: self.file.clone(),
+            view: View::of(&*map),
             map,
             base: self.base,
+            crc: self.crc.clone(),
             ttls: self.ttls.snapshot(),
         }
     }
 
+    /// The mapping of the file (writable for the active segment).
+    pub fn map(&self) -> &Arc<dyn Mapping> {
+        &self.map
+    }
+
+    /// The mapped length.
+    pub fn mapped_len(&self) -> usize {
+        self.view.len
+    }
+
     /// Bytes `start..start+len` of the segment.
+    ///
+    /// # Panics
+    /// If the range is outside the mapping (an engine bug, never a property of data on disk: every
+    /// caller checks ranges read from disk against the file's length first).
+    #[inline]
     pub fn bytes(&self, start: usize, len: usize) -> &[u8] {
-        storage::mapped(&*self.map, start, len)
+        let end = start.checked_add(len).filter(|&e| e <= self.view.len);
+        assert!(
+            end.is_some(),
+            "mapped range {start}+{len} outside a mapping of {}",
+            self.view.len
+        );
+        if len == 0 {
+            return &[];
+        }
+        // SAFETY: the range lies inside the mapping (checked above), which `self.map` keeps alive
+        // at this address as long as the borrow of `self`; no writer touches bytes a reader was
+        // given (the storage module's contract, as for `storage::mapped`).
+        unsafe { std::slice::from_raw_parts(self.view.ptr.add(start), len) }
     }
 
     /// Creates segment `id` of `size` bytes (space reserved), header written and the file synced
@@ -253,14 +330,14 @@ impl Segment {
             Ok(map)
         })();
         match result {
-            Ok(map) => Ok(Segment {
+            Ok(map) => Ok(Segment::new(
                 id,
                 path,
                 file,
                 map,
-                base: header.record_base(),
-                ttls: TtlTracker::new(now_ms),
-            }),
+                header.record_base(),
+                TtlTracker::new(now_ms),
+            )),
             Err(e) => {
                 // Leave nothing half-made behind; a failure to remove is reported by the next open.
                 let _ = storage.remove_file(&path);
@@ -295,14 +372,7 @@ impl Segment {
         } else {
             RecordBase::V1
         };
-        Ok(Segment {
-            id,
-            path,
-            file,
-            map,
-            base,
-            ttls: TtlTracker::new(0),
-        })
+        Ok(Segment::new(id, path, file, map, base, TtlTracker::new(0)))
     }
 
     /// Maps the file again at its current length (after it was extended).
@@ -313,12 +383,13 @@ impl Segment {
             .file
             .map(len, true)
             .map_err(|e| Error::io("mmap", &self.path, e))?;
+        self.view = View::of(&*self.map);
         Ok(())
     }
 
     /// The header bytes, if the file is long enough.
     pub fn header(&self) -> std::result::Result<SegmentHeader, crate::CorruptionKind> {
-        if self.map.len() < HEADER_LEN {
+        if self.view.len < HEADER_LEN {
             return Err(crate::CorruptionKind::Truncated);
         }
         SegmentHeader::decode(self.bytes(0, HEADER_LEN))

@@ -817,13 +817,19 @@ impl Inner {
         let data = info.seg.bytes(0, info.end());
         // The record's first lines, loaded together rather than one after the other.
         prefetch_lines(data, rec_off, rec_off + 192);
-        let rec = format::read_record_with(data, rec_off, info.seg.id, self.opts.verify_reads)
-            .map_err(|err| match err {
-                format::RecordError::Corrupt(k) => corrupt(k),
-                format::RecordError::End => corrupt(crate::CorruptionKind::Malformed(
-                    "index points past the data",
-                )),
-            })?;
+        let rec = format::read_record_in(
+            data,
+            rec_off,
+            &info.seg.crc,
+            Some(&info.seg.base),
+            self.opts.verify_reads,
+        )
+        .map_err(|err| match err {
+            format::RecordError::Corrupt(k) => corrupt(k),
+            format::RecordError::End => corrupt(crate::CorruptionKind::Malformed(
+                "index points past the data",
+            )),
+        })?;
         Ok((&info.seg, rec))
     }
 

@@ -335,9 +335,9 @@ enum PageJob {
 impl PageJob {
     fn run(self) {
         match self {
-            PageJob::Prefault(seg, start, len) => seg.map.prefault(start, len),
+            PageJob::Prefault(seg, start, len) => seg.map().prefault(start, len),
             PageJob::WriteBehind(seg, start, len) => {
-                seg.map.written(start, len);
+                seg.map().written(start, len);
                 seg.file.start_writeback(start as u64, len as u64);
             }
         }
@@ -379,7 +379,7 @@ impl Prefaulter {
             .as_ref()
             .is_some_and(|tx| tx.send(PageJob::Prefault(seg.clone(), start, len)).is_ok());
         if !sent {
-            seg.map.prefault(start, len);
+            seg.map().prefault(start, len);
         }
     }
 
@@ -576,7 +576,7 @@ impl Log {
         let now = (has_ttl || w.active.ttls.has_ttls()).then(|| self.clock.now_ms());
         let mut len = format::record_len_at(&w.active.base, w.next_seq, ops);
         let early = (w.tail - HEADER_LEN) as u64;
-        if w.tail + len > w.active.map.len()
+        if w.tail + len > w.active.mapped_len()
             || now.is_some_and(|now| w.active.ttls.rotation_due(now, early, self.segment_size))
         {
             let now = now.unwrap_or_else(|| self.clock.now_ms());
@@ -591,7 +591,7 @@ impl Log {
         // below never waits at the allocated end. A full disk fails here, before a byte is
         // written, and leaves the store as it was; a failed early step, while this record still
         // fits, is left for the write that needs the space to report.
-        let map_len = w.active.map.len() as u64;
+        let map_len = w.active.mapped_len() as u64;
         if need + PREFAULT_LEAD as u64 > w.allocated && w.allocated < map_len {
             let grown = (w.allocated + crate::segment::reserve_step(self.segment_size))
                 .max(need)
@@ -635,7 +635,7 @@ impl Log {
             // SAFETY of the aliasing: bytes rec_off..rec_off+len lie past every byte a reader was
             // given (readers see only records the index points at, all before `tail`).
             let out = mapped_mut(&w.active, rec_off, len);
-            format::encode_record_at(out, &w.active.base, seg_id, seq, ops, &mut offsets);
+            format::encode_record_at(out, &w.active.base, &w.active.crc, seq, ops, &mut offsets);
         }
         crate::failpoint!("append.after_write");
         w.tail += len;
@@ -690,7 +690,7 @@ impl Log {
         // fdatasync: writeback then finds no writable page-table entry to clean, instead of
         // write-protecting every dirty page one at a time, each with a TLB shootdown of every
         // core running the process (about a tenth of an unsynced fill's time).
-        let writable_len = w.active.map.len();
+        let writable_len = w.active.mapped_len();
         self.swap_mapping(w, state, w.tail, false)?;
         // The old segment's data reaches the disk before the new segment exists, so a power
         // loss can never leave a torn record in a segment that is no longer the last one.
@@ -1020,12 +1020,12 @@ impl Log {
 // point, made sound by the single-writer rule stated below.
 #[allow(clippy::mut_from_ref)]
 fn mapped_mut(seg: &Segment, start: usize, len: usize) -> &mut [u8] {
-    let end = start.checked_add(len).filter(|&e| e <= seg.map.len());
+    let end = start.checked_add(len).filter(|&e| e <= seg.mapped_len());
     assert!(end.is_some(), "write past the active segment's mapping");
     // SAFETY: inside the mapping (checked), writable (the active segment is mapped writable), and
     // only the writer, holding the writer lock, touches these bytes until the index points at
     // them (see the storage module's contract).
-    unsafe { std::slice::from_raw_parts_mut(seg.map.as_ptr().add(start), len) }
+    unsafe { std::slice::from_raw_parts_mut(seg.map().as_ptr().add(start), len) }
 }
 
 /// The decoded form of an op being written, for [`State::apply`].

@@ -98,8 +98,9 @@ pub trait StorageFile: Send + Sync + fmt::Debug {
 
 /// A memory mapping of (part of) a file. See the module docs for the contract.
 pub trait Mapping: Send + Sync + fmt::Debug + Any {
-    /// The address of the first byte. Valid for [`Mapping::len`] bytes while `self` lives.
-    /// Writing through it is allowed only for writable mappings.
+    /// The address of the first byte: the same for the mapping's whole life, valid for
+    /// [`Mapping::len`] bytes while `self` lives (a segment reads it once). Writing through it
+    /// is allowed only for writable mappings.
     fn as_ptr(&self) -> *mut u8;
     /// The mapped length in bytes.
     fn len(&self) -> usize;
