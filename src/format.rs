@@ -621,24 +621,13 @@ fn is_compact_put(kind_byte: u8) -> bool {
 
 /// Reads and checks the record starting at `offset` of `data` (a whole segment file).
 pub fn read_record(data: &[u8], offset: usize, segment_id: u64) -> Result<Record<'_>, RecordError> {
-    read_record_with(data, offset, segment_id, true)
+    read_record_in(data, offset, &CrcSeed::new(segment_id), None, true)
 }
 
-/// [`read_record`], checking the CRC only if `verify` (the framing and lengths are always
-/// checked: a record read without its CRC can be wrong but never reaches outside `data`).
-#[inline]
-pub fn read_record_with(
-    data: &[u8],
-    offset: usize,
-    segment_id: u64,
-    verify: bool,
-) -> Result<Record<'_>, RecordError> {
-    read_record_in(data, offset, &CrcSeed::new(segment_id), None, verify)
-}
-
-/// [`read_record_with`] for a segment whose checksum seed and record base (from its header)
-/// the caller already holds: `base` must be what the header at the start of `data` gives, or
-/// `None` to decode it from there.
+/// [`read_record`] for a segment whose checksum seed and record base (from its header) the
+/// caller already holds: `base` must be what the header at the start of `data` gives, or `None`
+/// to decode it from there. The CRC is checked only if `verify` (the framing and lengths always
+/// are: a record read without its CRC can be wrong but never reaches outside `data`).
 #[inline]
 pub fn read_record_in<'a>(
     data: &'a [u8],

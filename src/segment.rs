@@ -263,23 +263,12 @@ impl Segment {
     /// Bytes `start..start+len` of the segment.
     ///
     /// # Panics
-    /// If the range is outside the mapping (an engine bug, never a property of data on disk: every
-    /// caller checks ranges read from disk against the file's length first).
+    /// If the range is outside the mapping (see [`storage::mapped`]).
     #[inline]
     pub fn bytes(&self, start: usize, len: usize) -> &[u8] {
-        let end = start.checked_add(len).filter(|&e| e <= self.view.len);
-        assert!(
-            end.is_some(),
-            "mapped range {start}+{len} outside a mapping of {}",
-            self.view.len
-        );
-        if len == 0 {
-            return &[];
-        }
-        // SAFETY: the range lies inside the mapping (checked above), which `self.map` keeps alive
-        // at this address as long as the borrow of `self`; no writer touches bytes a reader was
-        // given (the storage module's contract, as for `storage::mapped`).
-        unsafe { std::slice::from_raw_parts(self.view.ptr.add(start), len) }
+        // SAFETY: the view is `self.map`'s address and length, and `self.map` keeps the mapping
+        // alive at that address as long as the borrow of `self`.
+        unsafe { storage::mapped_at(self.view.ptr, self.view.len, start, len) }
     }
 
     /// Creates segment `id` of `size` bytes (space reserved), header written and the file synced

@@ -130,16 +130,34 @@ pub trait Mapping: Send + Sync + fmt::Debug + Any {
 /// If the range is outside the mapping (an engine bug, never a property of data on disk: every
 /// caller checks ranges read from disk against the file's length first).
 pub(crate) fn mapped(map: &dyn Mapping, start: usize, len: usize) -> &[u8] {
-    let end = start.checked_add(len).filter(|&e| e <= map.len());
+    // SAFETY: `as_ptr` is valid for `len()` bytes while `map` lives (the trait's contract), which
+    // the borrow of `map` outlasts.
+    unsafe { mapped_at(map.as_ptr(), map.len(), start, len) }
+}
+
+/// Bytes `start..start + len` of the mapping of `map_len` bytes at `ptr`, as a slice.
+///
+/// # Safety
+/// `ptr` must be a mapping's address ([`Mapping::as_ptr`]), valid for `map_len` bytes for as
+/// long as the returned slice lives.
+///
+/// # Panics
+/// As [`mapped`].
+pub(crate) unsafe fn mapped_at<'a>(
+    ptr: *const u8,
+    map_len: usize,
+    start: usize,
+    len: usize,
+) -> &'a [u8] {
+    let end = start.checked_add(len).filter(|&e| e <= map_len);
     assert!(
         end.is_some(),
-        "mapped range {start}+{len} outside a mapping of {}",
-        map.len()
+        "mapped range {start}+{len} outside a mapping of {map_len}"
     );
     if len == 0 {
         return &[];
     }
-    // SAFETY: the range lies inside the mapping (checked above), the mapping lives as long as the
-    // borrow of `map`, and by the module contract no writer touches bytes a reader was given.
-    unsafe { std::slice::from_raw_parts(map.as_ptr().add(start), len) }
+    // SAFETY: the range lies inside the mapping (checked above), valid as long as the slice by
+    // the caller's promise, and by the module contract no writer touches bytes a reader was given.
+    unsafe { std::slice::from_raw_parts(ptr.add(start), len) }
 }
