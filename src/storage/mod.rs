@@ -143,6 +143,7 @@ pub(crate) fn mapped(map: &dyn Mapping, start: usize, len: usize) -> &[u8] {
 ///
 /// # Panics
 /// As [`mapped`].
+#[inline]
 pub(crate) unsafe fn mapped_at<'a>(
     ptr: *const u8,
     map_len: usize,
