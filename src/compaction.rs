@@ -92,7 +92,8 @@ fn segment_ops<'a>(
     let mut off = HEADER_LEN;
     let mut ops = Vec::new();
     while off < end {
-        let rec = format::read_record(data, off, seg.id).map_err(|e| match e {
+        let rec = format::read_record_in(data, off, &seg.crc, Some(&seg.base), true);
+        let rec = rec.map_err(|e| match e {
             format::RecordError::Corrupt(kind) => Error::corrupt(seg.id, off as u64, kind),
             format::RecordError::End => {
                 Error::corrupt(seg.id, off as u64, crate::CorruptionKind::Truncated)

@@ -363,7 +363,7 @@ impl Replay<'_> {
         let mut ops = Vec::new();
         let mut damaged_at: Option<usize> = None;
         loop {
-            let err = match format::read_record(data, off, id) {
+            let err = match format::read_record_in(data, off, &seg.crc, Some(&seg.base), true) {
                 Ok(rec) => match rec.ops(&mut ops) {
                     Ok(()) if compacted || rec.seq > self.last_log_seq => {
                         for op in &ops {
