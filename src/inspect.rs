@@ -1008,8 +1008,9 @@ fn scan_segment<'a>(data: &'a [u8], id: u64, last: bool, mut f: impl FnMut(Scan<
     let mut off = HEADER_LEN;
     let mut ops: Vec<Op<'a>> = Vec::new();
     let mut shares = Vec::new();
+    let seed = format::CrcSeed::new(id);
     while off < data.len() {
-        let kind = match format::read_record(data, off, id) {
+        let kind = match format::read_record_in(data, off, &seed, None, true) {
             Ok(rec) => match rec.ops(&mut ops) {
                 Ok(()) => {
                     let shared = rec.op_shares(&ops, &mut shares);
@@ -1052,8 +1053,10 @@ fn scan_segment<'a>(data: &'a [u8], id: u64, last: bool, mut f: impl FnMut(Scan<
 /// The next offset from `from` where a record that checks out starts.
 fn resync(data: &[u8], from: usize, id: u64) -> Option<usize> {
     let mut ops = Vec::new();
-    (from..data.len().saturating_sub(format::RECORD_PREFIX))
-        .find(|&o| matches!(format::read_record(data, o, id), Ok(rec) if rec.ops(&mut ops).is_ok()))
+    let seed = format::CrcSeed::new(id);
+    (from..data.len().saturating_sub(format::RECORD_PREFIX)).find(|&o| {
+        matches!(format::read_record_in(data, o, &seed, None, true), Ok(rec) if rec.ops(&mut ops).is_ok())
+    })
 }
 
 /// True if the file at `path` is a log segment, or has a header too short or damaged to tell

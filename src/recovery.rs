@@ -526,8 +526,9 @@ impl Replay<'_> {
     /// The next offset from `from` where a valid record with a fresh sequence starts.
     fn resync(&self, data: &[u8], from: usize, id: u64, compacted: bool) -> Option<usize> {
         let mut ops = Vec::new();
+        let seed = format::CrcSeed::new(id);
         (from..data.len().saturating_sub(format::RECORD_PREFIX)).find(|&o| {
-            matches!(format::read_record(data, o, id), Ok(rec) if (compacted || rec.seq > self.last_log_seq) && rec.ops(&mut ops).is_ok())
+            matches!(format::read_record_in(data, o, &seed, None, true), Ok(rec) if (compacted || rec.seq > self.last_log_seq) && rec.ops(&mut ops).is_ok())
         })
     }
 }
