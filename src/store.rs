@@ -474,6 +474,23 @@ impl Store {
         Scan::new(self.clone(), 0, prefix, Some(after))
     }
 
+    /// Up to `limit` keys (only) starting with `prefix`, in order, with their absolute expiry
+    /// (unix ms); no value is read. For the next page, pass the last key returned to
+    /// [`Store::keys_with_prefix_after`].
+    pub fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Option<u64>)> {
+        self.inner.keys(0, prefix, None, limit)
+    }
+
+    /// Like [`Store::keys_with_prefix`], starting after the key `after`.
+    pub fn keys_with_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Option<u64>)> {
+        self.inner.keys(0, prefix, Some(after), limit)
+    }
+
     /// Applies every operation of `batch` or none, also across a crash.
     pub fn write_batch(&self, batch: WriteBatch) -> Result<()> {
         self.inner.write_batch(&batch)
@@ -670,9 +687,18 @@ impl Keyspace {
     pub fn scan_prefix_after(&self, prefix: &[u8], after: &[u8]) -> Scan {
         Scan::new(self.store.clone(), self.ns, prefix, Some(after))
     }
-    /// The keys (only) starting with `prefix`, in order, with their expiry; no value is read.
+    /// See [`Store::keys_with_prefix`].
     pub fn keys_with_prefix(&self, prefix: &[u8], limit: usize) -> Vec<(Vec<u8>, Option<u64>)> {
         self.store.inner.keys(self.ns, prefix, None, limit)
+    }
+    /// See [`Store::keys_with_prefix_after`].
+    pub fn keys_with_prefix_after(
+        &self,
+        prefix: &[u8],
+        after: &[u8],
+        limit: usize,
+    ) -> Vec<(Vec<u8>, Option<u64>)> {
+        self.store.inner.keys(self.ns, prefix, Some(after), limit)
     }
     /// A batch whose operations land in this namespace. Commit it with [`Store::write_batch`].
     pub fn batch(&self) -> WriteBatch {

@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 const META_VERSION: u8 = 1;
 const META_LEN: usize = 34;
 const DELETE_CHUNK: usize = 4096;
+/// Keys listed at a time by [`Thread::len`].
+const LEN_PAGE: usize = 4096;
 const READ_CHUNK: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -475,15 +477,26 @@ impl Thread {
         self.meta().next
     }
 
-    /// The number of live messages.
+    /// The number of live messages. Counted a page of keys at a time: a long thread's keys are
+    /// never all in memory at once.
     pub fn len(&self) -> Result<usize> {
         let floor = self.meta().floor;
-        Ok(self
-            .ks
-            .keys_with_prefix(&self.prefix, usize::MAX)
-            .iter()
-            .filter(|(k, _)| offset_of(&self.prefix, k).is_some_and(|o| o >= floor))
-            .count())
+        let mut count = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let mut page = match &after {
+                None => self.ks.keys_with_prefix(&self.prefix, LEN_PAGE),
+                Some(a) => self.ks.keys_with_prefix_after(&self.prefix, a, LEN_PAGE),
+            };
+            count += page
+                .iter()
+                .filter(|(k, _)| offset_of(&self.prefix, k).is_some_and(|o| o >= floor))
+                .count();
+            if page.len() < LEN_PAGE {
+                return Ok(count);
+            }
+            after = page.pop().map(|(k, _)| k);
+        }
     }
 
     /// True if the thread holds no live message.

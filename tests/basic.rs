@@ -208,3 +208,62 @@ fn another_process_is_locked_out_until_close() {
         s.close().unwrap();
     }
 }
+
+/// Keys (without values) come a page at a time: each page starts after the last key of the one
+/// before, in order, without expired keys, keys of another prefix or of another namespace.
+#[test]
+fn keys_with_prefix_pages_after_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_700_000_000_000));
+    let store = Store::open_with(dir.path(), opts(&clock)).unwrap();
+    let key = |i: u32| format!("p/{i:02}").into_bytes();
+    for i in 0..20 {
+        if i % 4 == 1 {
+            store
+                .put_with_ttl(&key(i), b"v", Duration::from_secs(5))
+                .unwrap();
+        } else if i % 4 == 2 {
+            store
+                .put_with_ttl(&key(i), b"v", Duration::from_secs(60))
+                .unwrap();
+        } else {
+            store.put(&key(i), b"v").unwrap();
+        }
+    }
+    store.put(b"p", b"not under p/").unwrap();
+    store.put(b"q/00", b"v").unwrap();
+    store
+        .namespace(ttlstore::Namespace::custom(16).unwrap())
+        .put(b"p/05x", b"v")
+        .unwrap();
+    clock.advance(Duration::from_secs(5));
+    let want: Vec<(Vec<u8>, Option<u64>)> = (0..20)
+        .filter(|i| i % 4 != 1)
+        .map(|i| (key(i), (i % 4 == 2).then_some(1_700_000_000_000 + 60_000)))
+        .collect();
+    let mut got = store.keys_with_prefix(b"p/", 4);
+    assert_eq!(got.len(), 4);
+    loop {
+        let last = got.last().unwrap().0.clone();
+        let page = store.keys_with_prefix_after(b"p/", &last, 4);
+        assert!(page.len() <= 4);
+        if page.is_empty() {
+            break;
+        }
+        got.extend(page);
+    }
+    assert_eq!(got, want);
+    // `after` need not be a key, and may lie outside the prefix.
+    assert_eq!(
+        store.keys_with_prefix_after(b"p/", b"p/10x", 2),
+        want[8..10]
+    );
+    assert_eq!(store.keys_with_prefix_after(b"p/", b"a", 1), want[..1]);
+    assert!(store.keys_with_prefix_after(b"p/", b"p/9", 5).is_empty());
+    // The namespace's own keys only.
+    let ns = store.namespace(ttlstore::Namespace::custom(16).unwrap());
+    assert_eq!(
+        ns.keys_with_prefix_after(b"p/", b"p/05", 5),
+        vec![(b"p/05x".to_vec(), None)]
+    );
+}

@@ -276,3 +276,29 @@ fn stream_follows_new_messages_skips_gaps_and_ends_on_close() {
     assert!(t.stream(0).next().is_none());
     assert!(matches!(t.append(b"late"), Err(Error::Closed)));
 }
+
+/// `len` counts a page of keys at a time (4096): a thread of several pages, some trimmed and
+/// some expired, counts every live message once.
+#[test]
+fn len_counts_a_thread_longer_than_a_page() {
+    let (_dir, clock, store) = setup();
+    let t = store.thread("long").unwrap();
+    let payloads: Vec<Vec<u8>> = (0..10_000u32).map(|i| i.to_le_bytes().to_vec()).collect();
+    t.append_batch(&payloads[..6_000]).unwrap();
+    for p in &payloads[6_000..7_000] {
+        t.append_with_ttl(p, secs(5)).unwrap();
+    }
+    t.append_batch(&payloads[7_000..]).unwrap();
+    assert_eq!(t.len().unwrap(), 10_000);
+    assert_eq!(t.trim_before(100).unwrap(), 100);
+    assert_eq!(t.len().unwrap(), 9_900);
+    clock.advance(secs(5));
+    assert_eq!(t.len().unwrap(), 8_900);
+    // A neighbour whose name extends this one's is not counted.
+    store
+        .thread("long2")
+        .unwrap()
+        .append_batch(&payloads[..5])
+        .unwrap();
+    assert_eq!(t.len().unwrap(), 8_900);
+}
