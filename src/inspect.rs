@@ -121,6 +121,9 @@ pub struct OpRecord {
     pub value_len: u64,
     /// The first [`VALUE_PREVIEW_LEN`] bytes of the value.
     pub value_preview: Vec<u8>,
+    /// What the value means, for values the store's own layers write and describe (see
+    /// [`value_description`]).
+    pub value_description: Option<String>,
     /// Absolute expiry of a put, unix ms.
     pub expires_at: Option<u64>,
     /// For an expire: the sequence of the write it expires.
@@ -922,6 +925,9 @@ impl Iterator for Records<'_> {
                             value_len: op.value.len() as u64,
                             value_preview: op.value[..op.value.len().min(VALUE_PREVIEW_LEN)]
                                 .to_vec(),
+                            value_description: (op.kind == KIND_PUT)
+                                .then(|| value_description(Namespace(op.ns), op.key, op.value))
+                                .flatten(),
                             expires_at: op.expires_at,
                             target_seq: (op.kind == KIND_EXPIRE).then_some(op.target_seq),
                             problem: problem.clone(),
@@ -1436,6 +1442,17 @@ pub fn key_description(ns: Namespace, key: &[u8]) -> Option<String> {
     match ns {
         Namespace::THREADS => crate::thread::describe_key(key),
         Namespace::QUEUES => crate::queue::describe_key(key),
+        _ => None,
+    }
+}
+
+/// What the value of a key in the queues namespace means (`leased until 1700000060000 (token
+/// 3), priority 0, attempt 1/5` for a task's state), as that module describes its own values;
+/// `None` for other namespaces and for values it does not recognise. Raw bytes otherwise: a
+/// task's state is 54 bytes of big-endian fields.
+pub fn value_description(ns: Namespace, key: &[u8], value: &[u8]) -> Option<String> {
+    match ns {
+        Namespace::QUEUES if key.starts_with(b"s/") => crate::queue::describe_state(value),
         _ => None,
     }
 }

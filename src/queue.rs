@@ -517,8 +517,8 @@ pub(crate) fn describe_key(key: &[u8]) -> Option<String> {
     }
 }
 
-/// Describes a state record's value for people (used by the inspect tool).
-#[allow(dead_code)] // called by the inspect CLI's value rendering, which the core wires up
+/// Describes a state record's value for people (the inspect tool shows it beside the bytes);
+/// `None` if it does not decode as one.
 pub(crate) fn describe_state(value: &[u8]) -> Option<String> {
     let r = Rec::decode(value)?;
     let state = match r.st {

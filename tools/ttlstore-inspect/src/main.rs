@@ -320,6 +320,9 @@ fn op_line(r: &OpRecord, at_ms: u64) -> String {
                 preview_text(&r.value_preview, r.value_len),
                 expiry_text(r.expires_at, at_ms)
             ));
+            if let Some(d) = &r.value_description {
+                s.push_str(&format!(" meaning=[{d}]"));
+            }
         }
         OpKind::Expire => s.push_str(&format!(" target_seq={}", r.target_seq.unwrap_or(0))),
         OpKind::Delete => {}
@@ -357,6 +360,7 @@ fn op_json(r: &OpRecord, at_ms: u64) -> Json {
         "key_description": inspect::key_description(r.namespace, &r.key),
         "value_len": r.value_len,
         "value_preview": (r.kind == OpKind::Put).then(|| inspect::escape_bytes(&r.value_preview)),
+        "value_description": r.value_description,
         "expires": expiry_json(r.expires_at, at_ms),
         "target_seq": r.target_seq,
         "crc": "ok",
@@ -585,6 +589,7 @@ fn print_get(
                 });
                 doc["value"] = json!(inspect::escape_bytes(&f.value));
                 doc["value_len"] = json!(f.value.len());
+                doc["value_description"] = json!(inspect::value_description(ns, key, &f.value));
                 doc["seq"] = json!(f.seq);
                 doc["segment"] = json!(f.segment);
                 doc["offset"] = json!(f.offset);
@@ -615,6 +620,9 @@ fn print_get(
                 f.value.len(),
                 inspect::escape_bytes(&f.value)
             )?;
+            if let Some(d) = inspect::value_description(ns, key, &f.value) {
+                writeln!(out, "meaning: {d}")?;
+            }
             writeln!(out, "expires: {}", expiry_text(f.expires_at, at_ms))?;
             writeln!(
                 out,
@@ -631,6 +639,9 @@ fn print_get(
                 f.value.len(),
                 inspect::escape_bytes(&f.value)
             )?;
+            if let Some(d) = inspect::value_description(ns, key, &f.value) {
+                writeln!(out, "meaning: {d}")?;
+            }
             writeln!(
                 out,
                 "written by seq {} (segment {}, offset {})",

@@ -813,7 +813,8 @@ fn threads_and_queues_show_names_offsets_and_lengths() {
     let jobs = store.queue("jobs").unwrap();
     jobs.push(b"task one").unwrap();
     jobs.push(b"task two").unwrap();
-    drop((chat, jobs));
+    let leased = jobs.pop(Duration::ZERO).unwrap().expect("a ready task");
+    drop((chat, jobs, leased));
     store.close().unwrap();
     let d = p(dir.path());
 
@@ -839,6 +840,60 @@ fn threads_and_queues_show_names_offsets_and_lengths() {
             .is_some_and(|k| k.starts_with("queue \"jobs\": task"))),
         "{}",
         dump.stdout
+    );
+    // A task's state reads as what it means, beside its bytes: both pushed ready, one then
+    // leased. Payloads and other keys have no meaning given.
+    let meanings: Vec<&str> = recs
+        .iter()
+        .filter_map(|r| r["value_description"].as_str())
+        .collect();
+    assert_eq!(
+        meanings
+            .iter()
+            .filter(|m| **m == "ready, priority 0, attempt 0/5")
+            .count(),
+        2,
+        "{}",
+        dump.stdout
+    );
+    assert!(
+        meanings
+            .iter()
+            .any(|m| m.starts_with("leased until ") && m.ends_with(", priority 0, attempt 1/5")),
+        "{}",
+        dump.stdout
+    );
+    assert!(recs.iter().all(|r| {
+        let is_state = r["key_description"]
+            .as_str()
+            .is_some_and(|k| k.ends_with(" state"));
+        r["value_description"].is_string() == is_state
+    }));
+    let text = inspect(&["dump", d, "--namespace", "queues"]);
+    assert!(
+        text.stdout
+            .contains("meaning=[ready, priority 0, attempt 0/5]"),
+        "{}",
+        text.stdout
+    );
+    // `get` of the leased task's state key.
+    let state_key = recs
+        .iter()
+        .rev()
+        .find(|r| {
+            r["value_description"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("leased"))
+        })
+        .and_then(|r| r["key"].as_str())
+        .unwrap()
+        .to_string();
+    let got = inspect(&["get", d, &state_key, "--namespace", "queues"]);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert!(
+        got.stdout.contains("meaning: leased until "),
+        "{}",
+        got.stdout
     );
 
     let stats = inspect(&["stats", d, "--json"]);
