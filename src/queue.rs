@@ -498,7 +498,6 @@ fn task_key(kind: u8, name: &str, id: &str) -> Vec<u8> {
 }
 
 /// Describes a key of [`Namespace::QUEUES`] for people (used by the inspect tool).
-#[allow(dead_code)] // called by the inspect CLI's key rendering, which the core wires up
 pub(crate) fn describe_key(key: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(key).ok()?;
     if let Some(name) = text.strip_prefix("c/") {

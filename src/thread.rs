@@ -146,7 +146,6 @@ fn offset_of(prefix: &[u8], key: &[u8]) -> Option<u64> {
 }
 
 /// Describes a key of [`Namespace::THREADS`] for people (used by the inspect tool).
-#[allow(dead_code)] // called by the inspect CLI's key rendering, which the core wires up
 pub(crate) fn describe_key(key: &[u8]) -> Option<String> {
     if let Some(name) = key.strip_prefix(b"m/") {
         let name = std::str::from_utf8(name)
