@@ -196,6 +196,27 @@ fn run(cfg: &Cfg) -> R<()> {
             "sequential write 512 MiB (1 MiB writes) + one fdatasync: MB/s",
             bw / 1e6,
         );
+        // Sized as the read workload's: the index's hash table holds a 16-byte bucket per key
+        // at a load of at most 80%, and a put record is the key and value plus about 15 bytes.
+        let table_bytes = keys as usize * 16 * 100 / 80;
+        let data_bytes = keys as usize * (util::KEY_LEN + util::VAL_LEN + 15);
+        let lat = limits::read_latency(&cfg.base, table_bytes, data_bytes)?;
+        let mb = |b: usize| b as f64 / 1e6;
+        table.limit(
+            &format!(
+                "dependent random reads in a {:.0} MB table on huge pages: ns each",
+                mb(table_bytes)
+            ),
+            lat.table_ns,
+        );
+        table.limit(
+            &format!(
+                "dependent random reads in {:.0} MB of mapped file: ns each",
+                mb(data_bytes)
+            ),
+            lat.data_ns,
+        );
+        table.limit(limits::PAIR_NS, lat.pair_ns);
     }
     let dataset = ["fill", "read", "reopen", "scan", "memory"]
         .iter()
