@@ -3,7 +3,7 @@
 //! one fdatasync at the end, and how long a random memory read takes when each one depends on
 //! the one before (the floor under a point read: see [`read_latency`]).
 
-use crate::util::{R, Rng, quantile};
+use crate::util::{R, Rng, quantile, scale};
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -125,9 +125,9 @@ pub const PAIR_NS: &str =
 /// Reads timed in each of [`read_latency`]'s chains.
 const CHAIN_READS: u64 = 2_000_000;
 
-/// `r` mapped onto `0..n` without a division.
+/// `r` mapped onto `0..n` ([`scale`]) as an index.
 fn below(r: u64, n: usize) -> usize {
-    ((u128::from(r) * n as u128) >> 64) as usize
+    scale(r, n as u64) as usize
 }
 
 /// Measures [`ReadLatency`] for a table of `table_bytes` and data of `data_bytes` (a file

@@ -67,8 +67,13 @@ impl Rng {
     }
     /// A number in `0..n` (`n > 0`).
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+        scale(self.next(), n)
     }
+}
+
+/// `x`, a uniformly random `u64`, mapped onto `0..n` without a division.
+pub fn scale(x: u64, n: u64) -> u64 {
+    ((u128::from(x) * u128::from(n)) >> 64) as u64
 }
 
 /// Apparent size (sum of st_size) and allocated size (st_blocks * 512) of everything under `dir`.
