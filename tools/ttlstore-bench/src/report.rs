@@ -321,16 +321,17 @@ pub fn targets(t: &Table, keys: u64) -> String {
         }),
     );
     // What the machine allows a get at all: its two reads wait one for the other.
-    let floor = t
-        .limit_value(crate::limits::PAIR_NS)
-        .map_or(String::new(), |ns| {
-            format!(
-                "; the machine's floor for a get's two dependent reads in this run: {ns:.0} ns, \
-                 so at most {}/s with no computing; this is {:.0}% of that",
-                human(1e9 / ns),
-                read.unwrap_or(0.0) * ns / 1e9 * 100.0
-            )
-        });
+    let floor = |f: f64| {
+        t.limit_value(crate::limits::PAIR_NS)
+            .map_or(String::new(), |ns| {
+                format!(
+                    "; the machine's floor for a get's two dependent reads in this run: {ns:.0} \
+                     ns, so at most {}/s with no computing; this is {:.0}% of that",
+                    human(1e9 / ns),
+                    f * ns / 1e9 * 100.0
+                )
+            })
+    };
     line(
         "2",
         "gets ≥ 2.2M/s",
@@ -342,7 +343,7 @@ pub fn targets(t: &Table, keys: u64) -> String {
                     human(f),
                     f / 2.2e6 * 100.0,
                     scaled(2.2e6, REDB_BASELINE_READ, redb_read.map(|s| s.median), f),
-                    floor
+                    floor(f)
                 ),
             )
         }),
