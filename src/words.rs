@@ -17,6 +17,37 @@ pub use linux::Words;
 #[cfg(not(target_os = "linux"))]
 pub use portable::Words;
 
+/// Faults in, writable, the whole pages inside the bytes `start..end` (`MADV_POPULATE_WRITE`,
+/// Linux 5.14), as if each were written with what it holds: never changes memory. False if
+/// nothing was done (another system, an older kernel, or a range not mapped writable); the
+/// pages then fault in when first written, as they would have anyway.
+pub fn populate_write(start: *const u8, end: *const u8) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let from = (start as usize).next_multiple_of(PAGE);
+        let to = end as usize / PAGE * PAGE;
+        if to <= from {
+            return true;
+        }
+        // SAFETY: MADV_POPULATE_WRITE only makes the kernel back the pages of the range and map
+        // them writable; it never changes what they hold, and on a range that is not mapped
+        // writable it fails without effect.
+        unsafe {
+            libc::madvise(
+                from as *mut libc::c_void,
+                to - from,
+                libc::MADV_POPULATE_WRITE,
+            ) == 0
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (start, end);
+        false
+    }
+}
+
 #[cfg(target_os = "linux")]
 mod linux {
     use std::ptr::NonNull;
@@ -92,6 +123,32 @@ mod linux {
             if want > self.cap {
                 self.grow_to(want);
             }
+        }
+
+        /// Makes room for at least `additional` more words, growing as [`Words::push`] does.
+        pub fn reserve(&mut self, additional: usize) {
+            if additional > self.cap - self.len {
+                self.grow_amortized(additional);
+            }
+        }
+
+        /// Faults in, writable, the pages of the spare capacity from word `from` to word `to`
+        /// (both capped at the capacity; whole pages only), so that appends there do not wait
+        /// for the kernel. Never changes memory, so shared access suffices: the words in use
+        /// may be read meanwhile. False if that was not done (see [`populate_write`]).
+        pub fn populate(&self, from: usize, to: usize) -> bool {
+            let (from, to) = (from.min(self.cap), to.min(self.cap));
+            if from >= to {
+                return true;
+            }
+            // SAFETY: both offsets are at most `cap`, inside the buffer's mapping.
+            let (start, end) = unsafe {
+                (
+                    self.base.as_ptr().add(from).cast::<u8>(),
+                    self.base.as_ptr().add(to).cast::<u8>(),
+                )
+            };
+            super::populate_write(start, end)
         }
 
         /// Appends a word.
@@ -329,6 +386,14 @@ mod portable {
         /// Makes room for at least `additional` more words.
         pub fn reserve_exact(&mut self, additional: usize) {
             self.0.reserve_exact(additional);
+        }
+        /// Makes room for at least `additional` more words, growing as `push` does.
+        pub fn reserve(&mut self, additional: usize) {
+            self.0.reserve(additional);
+        }
+        /// Would fault in spare capacity ahead of appends; nothing on this system.
+        pub fn populate(&self, _from: usize, _to: usize) -> bool {
+            false
         }
         /// Appends a word.
         pub fn push(&mut self, w: u64) {

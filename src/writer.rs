@@ -104,6 +104,9 @@ pub struct WriterState {
     /// write-behind.
     written_behind: usize,
     value_offsets: Vec<usize>,
+    /// The index asked, at the last write, for fresh memory to be faulted in before the next
+    /// ([`crate::index::Index::wants_populate`]).
+    populate_index: bool,
 }
 
 /// Most fdatasyncs of the log that group commit keeps running at once. One: the disk does
@@ -506,6 +509,7 @@ impl Log {
                 appended: 0,
                 prefaulted: tail,
                 written_behind: tail / PAGE * PAGE,
+                populate_index: false,
                 value_offsets: Vec::new(),
             }),
             sync: Mutex::new(SyncState::default()),
@@ -621,6 +625,11 @@ impl Log {
         let rec_off = w.tail;
         let mut offsets = std::mem::take(&mut w.value_offsets);
         offsets.clear();
+        // Fresh memory this write's index changes would fault in is faulted in first, under the
+        // shared lock: readers go on while the kernel finds the pages.
+        if w.populate_index {
+            state.read().index.populate_ahead();
+        }
         // The state lock is taken before the record is encoded so that the index's first cache
         // miss for each key (prefetched here) overlaps the copy and the checksum.
         let mut st = state.write();
@@ -656,6 +665,7 @@ impl Log {
                 }
             }
         }
+        w.populate_index = st.index.wants_populate();
         drop(st);
         w.value_offsets = offsets;
         // Pages wholly before the tail are final: hand them to write-behind a step at a time.
