@@ -540,31 +540,26 @@ fn new_table(n: usize) -> Vec<Bucket> {
 /// table under 64 pages (its pages are few enough to fault in as used). Never changes what the
 /// table holds.
 fn populate(table: &mut [Bucket], from: usize, to: usize) {
+    if populate_shared(table, from, to) {
+        return;
+    }
+    // The advice is unknown here (an older kernel): a write per page instead.
     #[cfg(target_os = "linux")]
     {
         const PAGE: usize = 4096;
         let bytes = std::mem::size_of_val(table);
-        if bytes < 64 * PAGE {
-            return;
-        }
         let base = table.as_mut_ptr() as usize;
-        let start = (base + from).next_multiple_of(PAGE);
+        let start = (base + from.min(bytes)).next_multiple_of(PAGE);
         let end = (base + to.min(bytes)) / PAGE * PAGE;
-        if end <= start {
-            return;
-        }
-        if !populate_shared(table, from, to) {
-            let per_page = PAGE / std::mem::size_of::<Bucket>();
-            let size = std::mem::size_of::<Bucket>();
-            for i in ((start - base) / size..(end - base) / size).step_by(per_page) {
+        let size = std::mem::size_of::<Bucket>();
+        if end > start {
+            for i in ((start - base) / size..(end - base) / size).step_by(PAGE / size) {
                 // SAFETY: `i` indexes a bucket inside the table; a volatile write of the bucket
                 // already there, so that the compiler keeps the store that faults the page in.
                 unsafe { std::ptr::write_volatile(table.as_mut_ptr().add(i), table[i]) };
             }
         }
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (table, from, to);
 }
 
 /// [`populate`] through shared access: the `MADV_POPULATE_WRITE` alone, which never changes
